@@ -1,0 +1,23 @@
+"""Top-level routes: pages, the API, the seed's routes, the admin."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from files import views as pages
+from files.api.urls import api_urlpatterns, seed_urlpatterns
+
+urlpatterns = [
+    path("", pages.home, name="home"),
+    path("f/<int:pk>/", pages.file_page, name="file-page"),
+    path("healthz", pages.healthz, name="healthz"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/", include(api_urlpatterns)),
+    path("api-auth/", include("rest_framework.urls")),
+    path("files/", include(seed_urlpatterns)),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "files.api.errors.not_found"
+handler500 = "files.api.errors.server_error"

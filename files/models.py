@@ -1,0 +1,208 @@
+"""Uploaded files, what processing found in them, and the rules it checks against."""
+
+import uuid
+from pathlib import PurePosixPath
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+METRICS = (
+    "cpu_usage",
+    "memory_usage",
+    "disk_read",
+    "disk_write",
+    "network_in",
+    "network_out",
+    "response_time",
+)
+
+
+def upload_path(instance: "File", filename: str) -> str:
+    """Store under a generated name: the client's filename never reaches the disk."""
+    return f"uploads/{uuid.uuid4().hex}.json"
+
+
+class File(models.Model):
+    """An uploaded JSON file and the state of its processing."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        PROCESSING = "processing"
+        PROCESSED = "processed"
+        FAILED = "failed"
+
+    class Kind(models.TextChoices):
+        SERVER_METRICS = "server_metrics"
+        JSON = "json"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="files"
+    )
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    name = models.CharField(
+        max_length=255, help_text="The client's filename, for display only."
+    )
+    declared_type = models.CharField(
+        max_length=100, blank=True, help_text="The type the client declared (seed API)."
+    )
+    content = models.FileField(upload_to=upload_path, max_length=255)
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    # Null until processing has decided: "unknown" is not an empty string.
+    kind = models.CharField(  # noqa: DJ001
+        max_length=20, choices=Kind, null=True, blank=True
+    )
+    status = models.CharField(max_length=20, choices=Status, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0)
+    error = models.JSONField(null=True, blank=True)
+    summary = models.JSONField(default=dict, blank=True)
+    record_count = models.PositiveIntegerField(default=0)
+    invalid_record_count = models.PositiveIntegerField(default=0)
+    anomaly_count = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    task_id = models.CharField(max_length=64, blank=True)
+    last_event_id = models.PositiveBigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="file_owner_created"),
+            models.Index(fields=["owner", "status"], name="file_owner_status"),
+            models.Index(fields=["status", "updated_at"], name="file_status_updated"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(progress__gte=0) & Q(progress__lte=1),
+                name="file_progress_between_0_and_1",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("file-page", args=[self.pk])
+
+    @property
+    def is_final(self) -> bool:
+        """Whether processing has reached an outcome."""
+        return self.status in (self.Status.PROCESSED, self.Status.FAILED)
+
+    @property
+    def error_text(self) -> str:
+        """The failure as one line of text, with its position when known."""
+        if not self.error:
+            return ""
+        where = []
+        if self.error.get("line") is not None:
+            where.append(f"line {self.error['line']}, column {self.error['column']}")
+        if self.error.get("offset") is not None:
+            where.append(f"byte offset {self.error['offset']}")
+        if self.error.get("pointer"):
+            where.append(f"at {self.error['pointer']}")
+        message = self.error.get("message", "")
+        return f"{message} ({'; '.join(where)})" if where else message
+
+    @property
+    def stored_name(self) -> str:
+        """The generated name the bytes are stored under."""
+        return PurePosixPath(self.content.name).name
+
+
+class MetricRecord(models.Model):
+    """One valid metrics record of a file."""
+
+    file = models.ForeignKey(File, on_delete=models.CASCADE, related_name="records")
+    index = models.PositiveIntegerField(help_text="Position among the file's records.")
+    server = models.CharField(max_length=255)
+    timestamp = models.DateTimeField()
+    cpu_usage = models.FloatField(null=True, blank=True)
+    memory_usage = models.FloatField(null=True, blank=True)
+    disk_read = models.FloatField(null=True, blank=True)
+    disk_write = models.FloatField(null=True, blank=True)
+    network_in = models.FloatField(null=True, blank=True)
+    network_out = models.FloatField(null=True, blank=True)
+    response_time = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["file", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["file", "index"], name="record_file_index"),
+        ]
+
+    def __str__(self) -> str:
+        return f"record {self.index} of file {self.file_id}"
+
+
+class Anomaly(models.Model):
+    """A metric value outside its rule's range."""
+
+    file = models.ForeignKey(File, on_delete=models.CASCADE, related_name="anomalies")
+    record_index = models.PositiveIntegerField()
+    server = models.CharField(max_length=255)
+    timestamp = models.DateTimeField()
+    metric = models.CharField(max_length=32)
+    value = models.FloatField()
+    min_value = models.FloatField()
+    max_value = models.FloatField()
+
+    class Meta:
+        ordering = ["file", "record_index", "id"]
+        verbose_name_plural = "anomalies"
+        indexes = [models.Index(fields=["file", "metric"], name="anomaly_file_metric")]
+
+    def __str__(self) -> str:
+        when = f"{self.timestamp:%Y-%m-%dT%H:%M:%SZ}"
+        return f"{self.metric} out of range: {self.value:g} at {when}"
+
+
+class RecordError(models.Model):
+    """A record skipped by validation, located by a JSON Pointer."""
+
+    file = models.ForeignKey(
+        File, on_delete=models.CASCADE, related_name="record_errors"
+    )
+    pointer = models.CharField(max_length=1024)
+    message = models.CharField(max_length=1024)
+
+    class Meta:
+        ordering = ["file", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.pointer}: {self.message}"
+
+
+class AnomalyRule(models.Model):
+    """The inclusive range a metric must stay in; editable in the admin."""
+
+    metric = models.CharField(
+        max_length=32, unique=True, choices=[(m, m) for m in METRICS]
+    )
+    min_value = models.FloatField()
+    max_value = models.FloatField()
+    enabled = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["metric"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(min_value__lte=models.F("max_value")),
+                name="rule_min_not_above_max",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric}: {self.min_value:g}–{self.max_value:g}"

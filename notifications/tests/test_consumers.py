@@ -1,0 +1,161 @@
+"""The notification WebSocket, through Channels' WebsocketCommunicator."""
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
+from rest_framework.authtoken.models import Token
+
+from dwellfi.asgi import application
+from files import services
+from files.tests.factories import server_4_bytes, upload, user_create
+from notifications import publisher
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("in_memory_layer", "no_broker"),
+]
+PATH = "/notification/events"
+
+
+@pytest.fixture
+def no_broker(monkeypatch) -> None:
+    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+
+
+@database_sync_to_async
+def make_user():
+    return user_create()
+
+
+@database_sync_to_async
+def token_for(user) -> str:
+    return Token.objects.create(user=user).key
+
+
+@database_sync_to_async
+def session_cookie(user) -> bytes:
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    return f"{settings.SESSION_COOKIE_NAME}={session.session_key}".encode()
+
+
+@database_sync_to_async
+def upload_for(user) -> int:
+    return services.file_create(owner=user, upload=upload(server_4_bytes())).pk
+
+
+async def connect(
+    query: str = "", headers: list | None = None
+) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(
+        application, f"{PATH}?{query}", headers=headers
+    )
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def closed_with(communicator: WebsocketCommunicator) -> int:
+    output = await communicator.receive_output(timeout=2)
+    assert output["type"] == "websocket.close"
+    return output["code"]
+
+
+async def test_anonymous_connections_are_closed_with_4401():
+    assert await closed_with(await connect()) == 4401
+
+
+async def test_a_bad_token_is_refused():
+    assert await closed_with(await connect("token=not-a-token")) == 4401
+
+
+async def test_the_seed_user_id_parameter_is_not_trusted():
+    user = await make_user()
+    assert await closed_with(await connect(f"user_id={user.pk}")) == 4401
+
+
+async def test_a_token_connection_gets_a_snapshot():
+    user = await make_user()
+    file_id = await upload_for(user)
+    communicator = await connect(f"token={await token_for(user)}")
+    snapshot = await communicator.receive_json_from()
+    assert snapshot["type"] == "snapshot" and snapshot["file_id"] is None
+    assert snapshot["last_event_id"] == 1
+    assert [f["id"] for f in snapshot["files"]] == [file_id]
+    assert snapshot["files"][0]["status"] == "queued"
+    await communicator.disconnect()
+
+
+async def test_a_cookie_connection_needs_an_allowed_origin():
+    user = await make_user()
+    cookie = (b"cookie", await session_cookie(user))
+
+    foreign = await connect(headers=[cookie, (b"origin", b"https://evil.example")])
+    assert await closed_with(foreign) == 4403
+    missing = await connect(headers=[cookie])
+    assert await closed_with(missing) == 4403
+
+    allowed = await connect(headers=[cookie, (b"origin", b"http://localhost:8000")])
+    assert (await allowed.receive_json_from())["type"] == "snapshot"
+    await allowed.disconnect()
+
+
+async def test_live_events_reach_only_their_user():
+    alice, bob = await make_user(), await make_user()
+    alice_ws = await connect(f"token={await token_for(alice)}&after=0")
+    bob_ws = await connect(f"token={await token_for(bob)}&after=0")
+
+    file_id = await upload_for(alice)
+    message = await alice_ws.receive_json_from(timeout=2)
+    assert (message["id"], message["type"], message["file_id"]) == (
+        1,
+        "file.queued",
+        file_id,
+    )
+    assert message["event_name"] == "FileQueued" and message["file"]["id"] == file_id
+    assert await bob_ws.receive_nothing(timeout=0.3)
+    await alice_ws.disconnect()
+    await bob_ws.disconnect()
+
+
+async def test_reconnecting_with_after_replays_exactly_the_missed_events():
+    user = await make_user()
+    token = await token_for(user)
+    for _ in range(3):
+        await upload_for(user)
+
+    communicator = await connect(f"token={token}&after=1")
+    replayed = [await communicator.receive_json_from() for _ in range(2)]
+    assert [m["id"] for m in replayed] == [2, 3]
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+async def test_a_dropped_live_message_is_filled_in_from_the_database(monkeypatch):
+    user = await make_user()
+    communicator = await connect(f"token={await token_for(user)}&after=0")
+    send_live = publisher.send_live
+    monkeypatch.setattr(publisher, "send_live", lambda user_id, message: None)
+    await upload_for(user)
+    await upload_for(user)
+    monkeypatch.setattr(publisher, "send_live", send_live)
+    await upload_for(user)
+
+    received = [await communicator.receive_json_from(timeout=2) for _ in range(3)]
+    assert [m["id"] for m in received] == [1, 2, 3]
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+async def test_ping_is_answered():
+    user = await make_user()
+    communicator = await connect(f"token={await token_for(user)}&after=0")
+    await communicator.send_json_to({"type": "ping"})
+    assert (await communicator.receive_json_from())["type"] == "pong"
+    await communicator.disconnect()

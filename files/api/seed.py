@@ -1,0 +1,86 @@
+"""The seed system's routes, with its request and response shapes, for old clients."""
+
+from django.http import Http404
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import selectors, services
+from ..models import File
+from ..serializers import SeedFileSerializer, SeedUpdateSerializer, SeedUploadSerializer
+from .views import UploadThrottle
+
+
+def _own_file(request: Request, pk: int) -> File:
+    file = selectors.file_get(user=request.user, file_id=pk)
+    if file is None:
+        raise Http404
+    return file
+
+
+class SeedUploadView(APIView):
+    """`POST /files/uploadfile/`: multipart `file`, optional `file_data_create_form`."""
+
+    parser_classes = [MultiPartParser, FormParser]
+    throttle_classes = [UploadThrottle]
+
+    @extend_schema(
+        request={"multipart/form-data": SeedUploadSerializer},
+        responses={201: SeedFileSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        form = SeedUploadSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        details = form.validated_data.get("file_data_create_form", {})
+        file = services.file_create(
+            owner=request.user,
+            upload=form.validated_data["file"],
+            name=details.get("filename"),
+            declared_type=details.get("type", ""),
+        )
+        return Response(SeedFileSerializer(file).data, status=status.HTTP_201_CREATED)
+
+
+class SeedFileListView(APIView):
+    """`GET /files/files/`: the caller's files as a plain list."""
+
+    @extend_schema(responses=SeedFileSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        files = selectors.file_list(user=request.user)
+        return Response(SeedFileSerializer(files, many=True).data)
+
+
+class SeedFileDetailView(APIView):
+    """`GET /files/files/{id}` and `GET /files/{id}`: one of the caller's files."""
+
+    @extend_schema(responses=SeedFileSerializer)
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(SeedFileSerializer(_own_file(request, pk)).data)
+
+
+class SeedUpdateView(APIView):
+    """`PUT /files/updatefile/{id}`: optional `file` and `file_update_form`."""
+
+    parser_classes = [MultiPartParser, FormParser]
+    throttle_classes = [UploadThrottle]
+
+    @extend_schema(
+        request={"multipart/form-data": SeedUpdateSerializer},
+        responses={200: SeedFileSerializer},
+    )
+    def put(self, request: Request, pk: int) -> Response:
+        file = _own_file(request, pk)
+        form = SeedUpdateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        details = form.validated_data.get("file_update_form", {})
+        file = services.file_update(
+            file=file,
+            by=request.user,
+            upload=form.validated_data.get("file"),
+            name=details.get("filename"),
+            declared_type=details.get("type"),
+        )
+        return Response(SeedFileSerializer(file).data)

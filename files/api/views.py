@@ -1,0 +1,174 @@
+"""The canonical REST API under `/api/`: thin viewsets over the services."""
+
+from django.http import FileResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import UserRateThrottle
+
+from notifications.models import Event
+
+from .. import selectors, services
+from ..models import File
+from ..serializers import (
+    AnomalySerializer,
+    EventSerializer,
+    FileSerializer,
+    FileUploadSerializer,
+    MetricSeriesQuerySerializer,
+    MetricSeriesSerializer,
+    RecordErrorSerializer,
+)
+
+
+class UploadThrottle(UserRateThrottle):
+    """Uploads per user, counted in the shared cache (Redis) across web processes."""
+
+    scope = "uploads"
+
+
+class FileViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Upload JSON files, follow their processing and read what it found."""
+
+    serializer_class = FileSerializer
+    filterset_fields = ["status", "kind"]
+    search_fields = ["name"]
+    ordering_fields = [
+        "created_at",
+        "updated_at",
+        "name",
+        "size",
+        "status",
+        "record_count",
+        "anomaly_count",
+    ]
+    ordering = ["-created_at", "-id"]
+    http_method_names = ["get", "post", "put", "delete", "head", "options"]
+    # The only request bodies here are uploads.
+    parser_classes = [MultiPartParser, FormParser]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return File.objects.none()
+        return selectors.file_list(user=self.request.user)
+
+    def get_throttles(self):
+        if self.action in ("create", "update", "reprocess"):
+            return [UploadThrottle()]
+        return super().get_throttles()
+
+    @extend_schema(
+        request={"multipart/form-data": FileUploadSerializer},
+        responses={201: FileSerializer},
+    )
+    def create(self, request: Request) -> Response:
+        """Store an uploaded file and queue it for processing."""
+        upload = FileUploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        file = services.file_create(
+            owner=request.user,
+            upload=upload.validated_data["file"],
+            name=upload.validated_data.get("name"),
+        )
+        return Response(FileSerializer(file).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request={"multipart/form-data": FileUploadSerializer},
+        responses={200: FileSerializer},
+    )
+    def update(self, request: Request, pk: str | None = None) -> Response:
+        """Replace the file's content and process it again."""
+        file = self.get_object()
+        upload = FileUploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        file = services.file_update(
+            file=file,
+            by=request.user,
+            upload=upload.validated_data["file"],
+            name=upload.validated_data.get("name", upload.validated_data["file"].name),
+        )
+        return Response(FileSerializer(file).data)
+
+    def perform_destroy(self, instance: File) -> None:
+        services.file_delete(file=instance)
+
+    @extend_schema(request=None, responses={202: FileSerializer})
+    @action(detail=True, methods=["post"])
+    def reprocess(self, request: Request, pk: str | None = None) -> Response:
+        """Process the stored file again."""
+        file = services.file_reprocess(file=self.get_object(), by=request.user)
+        return Response(FileSerializer(file).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=AnomalySerializer(many=True))
+    @action(detail=True, filter_backends=[])
+    def anomalies(self, request: Request, pk: str | None = None) -> Response:
+        """The anomalies found, in record order (paginated)."""
+        return self._paginated(
+            selectors.anomaly_list(file=self.get_object()), AnomalySerializer
+        )
+
+    @extend_schema(responses=RecordErrorSerializer(many=True))
+    @action(detail=True, filter_backends=[])
+    def errors(self, request: Request, pk: str | None = None) -> Response:
+        """The records validation skipped, with their JSON Pointers (paginated)."""
+        return self._paginated(
+            selectors.record_error_list(file=self.get_object()), RecordErrorSerializer
+        )
+
+    @extend_schema(
+        parameters=[MetricSeriesQuerySerializer],
+        responses=MetricSeriesSerializer,
+    )
+    @action(detail=True, filter_backends=[])
+    def metrics(self, request: Request, pk: str | None = None) -> Response:
+        """A metric's series, downsampled to at most `points` min/max/mean buckets."""
+        file = self.get_object()
+        query = MetricSeriesQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(selectors.metric_series(file=file, **query.validated_data))
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @action(detail=True, filter_backends=[])
+    def download(self, request: Request, pk: str | None = None) -> FileResponse:
+        """The original bytes, as an attachment."""
+        file = self.get_object()
+        return FileResponse(
+            file.content.open("rb"),
+            as_attachment=True,
+            filename=file.name,
+            content_type="application/json",
+        )
+
+    def _paginated(self, queryset, serializer_class) -> Response:
+        page = self.paginator.paginate_queryset(queryset, self.request, view=self)
+        return self.paginator.get_paginated_response(
+            serializer_class(page, many=True).data
+        )
+
+
+class EventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The caller's durable events after a cursor: catch-up without a socket."""
+
+    serializer_class = EventSerializer
+    filter_backends = []
+
+    @extend_schema(parameters=[OpenApiParameter("after", int, description="cursor")])
+    def list(self, request: Request) -> Response:
+        return super().list(request)
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Event.objects.none()
+        try:
+            after = max(0, int(self.request.query_params.get("after", 0)))
+        except ValueError as exc:
+            raise serializers.ValidationError({"after": ["A whole number."]}) from exc
+        return selectors.event_list(user=self.request.user, after=after)

@@ -1,0 +1,110 @@
+"""Reads: what a user may see, and the results the API and pages show."""
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Avg, Count, F, IntegerField, Max, Min, QuerySet
+from django.db.models.functions import Cast
+
+from notifications.models import Event
+
+from .models import METRICS, Anomaly, AnomalyRule, File, MetricRecord, RecordError
+
+SNAPSHOT_RECENT = 20
+
+
+def file_list(*, user: AbstractBaseUser) -> QuerySet[File]:
+    """The user's files, newest first."""
+    return File.objects.filter(owner=user)
+
+
+def file_get(*, user: AbstractBaseUser, file_id: int) -> File | None:
+    """One of the user's files, or None: another user's file does not exist for them."""
+    return file_list(user=user).filter(pk=file_id).first()
+
+
+def file_snapshot(*, user: AbstractBaseUser) -> list[File]:
+    """The user's recent files and every file still in flight, newest first."""
+    recent = list(file_list(user=user)[:SNAPSHOT_RECENT])
+    seen = {f.pk for f in recent}
+    in_flight = (
+        file_list(user=user)
+        .filter(status__in=[File.Status.QUEUED, File.Status.PROCESSING])
+        .exclude(pk__in=seen)
+    )
+    return sorted(
+        [*recent, *in_flight], key=lambda f: (f.created_at, f.pk), reverse=True
+    )
+
+
+def anomaly_list(*, file: File) -> QuerySet[Anomaly]:
+    """The anomalies found in a file, in record order."""
+    return Anomaly.objects.filter(file=file)
+
+
+def record_error_list(*, file: File) -> QuerySet[RecordError]:
+    """The records validation skipped, in document order."""
+    return RecordError.objects.filter(file=file)
+
+
+def rules_active() -> list[AnomalyRule]:
+    """The enabled anomaly rules."""
+    return list(AnomalyRule.objects.filter(enabled=True))
+
+
+def event_list(*, user: AbstractBaseUser, after: int = 0) -> QuerySet[Event]:
+    """The user's durable events after a cursor, oldest first."""
+    return Event.objects.filter(user=user, seq__gt=after).order_by("seq")
+
+
+def last_event_id(*, user: AbstractBaseUser) -> int:
+    """The user's newest cursor value (0 before any event)."""
+    return Event.objects.filter(user=user).aggregate(last=Max("seq"))["last"] or 0
+
+
+def metric_series(
+    *, file: File, metric: str, points: int, server: str | None = None
+) -> dict[str, Any]:
+    """A metric's series downsampled in SQL to at most `points` buckets.
+
+    Records are bucketed by their position, and each bucket keeps its min and max as
+    well as its mean, so a single spike stays visible however far the series shrinks.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    records = MetricRecord.objects.filter(file=file, **{f"{metric}__isnull": False})
+    if server:
+        records = records.filter(server=server)
+    bounds = records.aggregate(total=Count("id"), first=Min("index"), last=Max("index"))
+    total = bounds["total"]
+    buckets = []
+    if total:
+        span = bounds["last"] - bounds["first"] + 1
+        width = -(-span // points)  # ceil(span / points): at most `points` buckets
+        buckets = list(
+            records.annotate(
+                bucket=Cast((F("index") - bounds["first"]) / width, IntegerField())
+            )
+            .values("bucket")
+            .annotate(
+                start=Min("timestamp"),
+                end=Max("timestamp"),
+                min=Min(metric),
+                max=Max(metric),
+                mean=Avg(metric),
+                count=Count("id"),
+            )
+            .order_by("bucket")
+        )
+    rule = AnomalyRule.objects.filter(metric=metric, enabled=True).first()
+    return {
+        "metric": metric,
+        "server": server,
+        "record_count": total,
+        "points": len(buckets),
+        "rule": {"min": rule.min_value, "max": rule.max_value} if rule else None,
+        "series": [
+            {k: b[k] for k in ("start", "end", "min", "max", "mean", "count")}
+            for b in buckets
+        ],
+    }

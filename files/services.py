@@ -1,0 +1,536 @@
+"""Writes: storing uploads, processing them, and reporting every change as an event."""
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.uploadedfile import UploadedFile
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+from rest_framework.exceptions import ValidationError
+
+from notifications.publisher import (
+    build_message,
+    publish_event,
+    reserve_event_id,
+    send_live,
+)
+
+from . import engine
+from .models import Anomaly, File, MetricRecord, RecordError
+from .selectors import rules_active
+from .serializers import file_resource
+
+logger = logging.getLogger(__name__)
+
+PROCESS_TASK = "files.tasks.process_file"
+# What a JSON text can start with, after optional whitespace and a UTF-8 BOM.
+JSON_START = frozenset(b'{["-0123456789tfn')
+ANOMALY_TEXT_LIMIT = 20
+STATUS_MESSAGES = {
+    "file.queued": "File queued for processing",
+    "file.processing": "Processing started",
+    "file.deleted": "File deleted",
+}
+
+
+class Superseded(Exception):
+    """The file changed hands (replaced, reprocessed or deleted) during processing."""
+
+
+# --- uploads -----------------------------------------------------------------------
+
+
+def _check_looks_like_json(upload: UploadedFile) -> None:
+    upload.seek(0)
+    head = upload.read(4096)
+    upload.seek(0)
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if not head:
+        raise ValidationError({"file": ["The submitted file is empty."]})
+    if not text and len(head) < 4096:
+        raise ValidationError({"file": ["The submitted file holds only whitespace."]})
+    if text and text[0] not in JSON_START:
+        raise ValidationError({"file": ["The submitted file is not JSON."]})
+
+
+def _store(upload: UploadedFile, file: File) -> None:
+    """Save the bytes under a generated name, hashing them on the way."""
+    digest = hashlib.sha256()
+    for chunk in upload.chunks():
+        digest.update(chunk)
+    upload.seek(0)
+    file.content.save("upload.json", upload, save=False)
+    file.size = upload.size
+    file.sha256 = digest.hexdigest()
+
+
+def _display_name(name: str) -> str:
+    """The client's filename as a display string: no NUL, no path, bounded length."""
+    cleaned = name.replace("\x00", "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return (cleaned or "upload.json")[:255]
+
+
+def file_create(
+    *,
+    owner: AbstractBaseUser,
+    upload: UploadedFile,
+    name: str | None = None,
+    declared_type: str = "",
+) -> File:
+    """Store an upload and queue it for processing once the row is committed."""
+    _check_looks_like_json(upload)
+    file = File(
+        owner=owner,
+        updated_by=owner,
+        name=_display_name(name or upload.name or ""),
+        declared_type=(declared_type or upload.content_type or "")[:100],
+    )
+    _store(upload, file)
+    with transaction.atomic():
+        file.save()
+        _queue(file)
+    return file
+
+
+def file_update(
+    *,
+    file: File,
+    by: AbstractBaseUser,
+    upload: UploadedFile | None = None,
+    name: str | None = None,
+    declared_type: str | None = None,
+) -> File:
+    """Change a file's details; new content replaces the old and is processed."""
+    if upload is not None:
+        _check_looks_like_json(upload)
+    old_content = file.content.name
+    if name is not None:
+        file.name = _display_name(name)
+    if declared_type is not None:
+        file.declared_type = declared_type[:100]
+    file.updated_by = by
+    if upload is not None:
+        _store(upload, file)
+    with transaction.atomic():
+        if upload is None:
+            file.save()
+            return file
+        file.kind = None
+        file.save()
+        _queue(file)
+        storage = file.content.storage
+        transaction.on_commit(lambda: storage.delete(old_content))
+    return file
+
+
+def file_reprocess(*, file: File, by: AbstractBaseUser | None = None) -> File:
+    """Process the stored file again; its previous results are replaced when it ends."""
+    with transaction.atomic():
+        if by is not None:
+            file.updated_by = by
+        _queue(file)
+    return file
+
+
+def file_delete(*, file: File) -> None:
+    """Remove a file, its results and its stored bytes, and tell the owner."""
+    storage, stored = file.content.storage, file.content.name
+    with transaction.atomic():
+        file_id = file.pk
+        fields = {
+            "status": file.status,
+            "progress": file.progress,
+            "file": file_resource(file),
+            "status_message": STATUS_MESSAGES["file.deleted"],
+        }
+        file.delete()
+        publish_event(
+            user_id=file.owner_id,
+            event_type="file.deleted",
+            file_id=file_id,
+            fields=fields,
+        )
+        transaction.on_commit(lambda: storage.delete(stored))
+
+
+def _queue(file: File, *, keep_attempts: bool = False) -> None:
+    """Mark the file queued under a new task id and enqueue that task after commit.
+
+    The new task id supersedes any message still in the queue for this file.
+    """
+    file.status = File.Status.QUEUED
+    file.progress = 0.0
+    file.error = None
+    if not keep_attempts:
+        file.attempts = 0
+    file.started_at = file.finished_at = None
+    file.task_id = str(uuid.uuid4())
+    _publish(file, "file.queued")
+    file_id, task_id = file.pk, file.task_id
+    transaction.on_commit(lambda: enqueue(file_id=file_id, task_id=task_id))
+
+
+def enqueue(*, file_id: int, task_id: str) -> bool:
+    """Send the processing task; when the broker is down the row stays queued.
+
+    The periodic recovery job enqueues it again later, so a failure here is logged,
+    never raised into the upload request.
+    """
+    try:
+        current_app.send_task(
+            PROCESS_TASK,
+            args=[file_id],
+            task_id=task_id,
+            retry=True,
+            retry_policy={
+                "max_retries": 2,
+                "interval_start": 0.1,
+                "interval_step": 0.5,
+            },
+        )
+    except Exception:
+        logger.warning(
+            "could not enqueue file %s; recovery will retry", file_id, exc_info=True
+        )
+        return False
+    return True
+
+
+# --- events --------------------------------------------------------------------------
+
+
+def _publish(file: File, event_type: str, **fields: Any) -> None:
+    """Save the file stamped with a new event id, and record that event with it."""
+    event_id = reserve_event_id(file.owner_id)
+    file.last_event_id = event_id
+    file.save()
+    publish_event(
+        user_id=file.owner_id,
+        event_type=event_type,
+        file_id=file.pk,
+        event_id=event_id,
+        fields=_event_fields(file, event_type, **fields),
+    )
+
+
+def _event_fields(file: File, event_type: str, **fields: Any) -> dict[str, Any]:
+    message = STATUS_MESSAGES.get(event_type) or _outcome_message(file)
+    return {
+        "status": file.status,
+        "progress": file.progress,
+        "file": file_resource(file),
+        "status_message": message,
+        **fields,
+    }
+
+
+def _outcome_message(file: File) -> str:
+    if file.status == File.Status.FAILED:
+        return f"Processing failed: {file.error_text}"
+    if file.status == File.Status.PROCESSED:
+        return (
+            f"File processed: {file.record_count} records, "
+            f"{file.anomaly_count} anomalies, "
+            f"{file.invalid_record_count} invalid records"
+        )
+    return f"Processing: {round(file.progress * 100)}%"
+
+
+def _publish_outcome(file: File) -> None:
+    """The final events: the outcome, the anomalies if any, then a notification."""
+    if file.status == File.Status.FAILED:
+        _publish(
+            file,
+            "file.failed",
+            file_anomaly={"file_id": file.pk, "data": file.error_text},
+        )
+    else:
+        _publish(file, "file.processed")
+        if file.anomaly_count:
+            first = anomaly_list_head(file)
+            text = engine.anomaly_text(
+                first, limit=ANOMALY_TEXT_LIMIT, total=file.anomaly_count
+            )
+            _publish(
+                file, "file.anomalies", file_anomaly={"file_id": file.pk, "data": text}
+            )
+    title = "File processed" if file.status == File.Status.PROCESSED else "File failed"
+    _publish(
+        file,
+        "notification",
+        title=f"{title}: {file.name}",
+        description=_outcome_message(file),
+        user_id=file.owner_id,
+    )
+
+
+def anomaly_list_head(file: File) -> list[Anomaly]:
+    """The first anomalies of a file, enough for a message."""
+    return list(
+        Anomaly.objects.filter(file=file).order_by("record_index", "id")[
+            :ANOMALY_TEXT_LIMIT
+        ]
+    )
+
+
+# --- processing ----------------------------------------------------------------------
+
+
+def file_process(*, file_id: int, task_id: str) -> File | None:
+    """Process a queued file for the task that owns it, replacing earlier results.
+
+    Safe to run again for the same task (a redelivered message): results are
+    written in one transaction that first removes the previous ones. A message whose
+    task id is no longer the file's (replaced, reprocessed) does nothing.
+    """
+    file = _claim(file_id=file_id, task_id=task_id)
+    if file is None or file.status != File.Status.PROCESSING:
+        return file
+    try:
+        with transaction.atomic():
+            if not _lock_processing(file_id):
+                # Another worker runs this very task (a redelivery while it is alive).
+                return None
+            outcome = _run_engine(file)
+            current = _current(file_id=file_id, task_id=task_id)
+            current.kind = outcome.kind
+            current.summary = outcome.summary
+            current.record_count = outcome.record_count
+            current.invalid_record_count = outcome.invalid_record_count
+            current.anomaly_count = outcome.anomaly_count
+            current.status = File.Status.PROCESSED
+            current.progress = 1.0
+            current.finished_at = timezone.now()
+            _publish_outcome(current)
+            return current
+    except engine.ProcessingError as exc:
+        return file_fail(file_id=file_id, task_id=task_id, error=exc.as_dict())
+    except Superseded:
+        return None
+
+
+def file_fail(
+    *, file_id: int, task_id: str | None, error: dict[str, Any]
+) -> File | None:
+    """End a file `failed` with the reason, clearing any earlier results."""
+    with transaction.atomic():
+        try:
+            file = _current(file_id=file_id, task_id=task_id)
+        except Superseded:
+            return None
+        _clear_results(file_id)
+        file.status = File.Status.FAILED
+        file.error = {
+            "message": "",
+            "line": None,
+            "column": None,
+            "offset": None,
+            "pointer": None,
+            **error,
+        }
+        file.summary = {}
+        file.record_count = file.invalid_record_count = file.anomaly_count = 0
+        file.finished_at = timezone.now()
+        _publish_outcome(file)
+        return file
+
+
+def _claim(*, file_id: int, task_id: str) -> File | None:
+    """Mark the file processing for this task, counting the attempt."""
+    with transaction.atomic():
+        file = File.objects.select_for_update().filter(pk=file_id).first()
+        if file is None or file.task_id != task_id or file.is_final:
+            return file
+        if file.attempts >= settings.DWELLFI_MAX_ATTEMPTS:
+            message = (
+                f"Gave up after {file.attempts} attempts: processing never finished "
+                "(the worker was lost or timed out each time)"
+            )
+            file_fail(file_id=file_id, task_id=task_id, error={"message": message})
+            file.refresh_from_db()
+            return file
+        file.status = File.Status.PROCESSING
+        file.attempts += 1
+        file.progress = 0.0
+        file.error = None
+        file.started_at = timezone.now()
+        file.finished_at = None
+        _publish(file, "file.processing")
+        return file
+
+
+def _current(*, file_id: int, task_id: str | None) -> File:
+    """The file row, locked, provided this task still owns it."""
+    file = File.objects.select_for_update().filter(pk=file_id).first()
+    if file is None or (task_id is not None and file.task_id != task_id):
+        raise Superseded
+    return file
+
+
+def _lock_processing(file_id: int) -> bool:
+    """Take a transaction-scoped lock so one file is never processed twice at once.
+
+    SQLite runs one writing transaction at a time, so it needs no lock of its own.
+    """
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [0x0DF1, file_id])
+        return cursor.fetchone()[0]
+
+
+def _clear_results(file_id: int) -> None:
+    for model in (MetricRecord, Anomaly, RecordError):
+        model.objects.filter(file_id=file_id).delete()
+
+
+def _run_engine(file: File) -> engine.Outcome:
+    _clear_results(file.pk)
+    rules = [engine.Rule(r.metric, r.min_value, r.max_value) for r in rules_active()]
+    sink = ResultSink(file.pk)
+    return engine.process(
+        lambda: file.content.storage.open(file.content.name, "rb"),
+        size=file.size,
+        rules=rules,
+        sink=sink,
+        on_progress=_progress_reporter(file),
+    )
+
+
+def _progress_reporter(file: File) -> Callable[[float], None]:
+    """Live `file.progress` events, a few a second at most."""
+    interval = settings.DWELLFI_PROGRESS_INTERVAL
+    last_sent = time.monotonic()
+
+    def report(fraction: float) -> None:
+        nonlocal last_sent
+        now = time.monotonic()
+        if now - last_sent < interval or fraction >= 1.0:
+            return
+        last_sent = now
+        file.progress = round(min(max(fraction, 0.0), 0.99), 4)
+        fields = _event_fields(file, "file.progress")
+        send_live(
+            file.owner_id,
+            build_message("file.progress", file_id=file.pk, fields=fields),
+        )
+
+    return report
+
+
+class ResultSink:
+    """Writes the engine's batches: COPY on PostgreSQL, bulk inserts elsewhere."""
+
+    RECORD_COLUMNS = ("file_id", "index", "server", "timestamp", *engine.METRICS)
+    ANOMALY_COLUMNS = (
+        "file_id",
+        "record_index",
+        "server",
+        "timestamp",
+        "metric",
+        "value",
+        "min_value",
+        "max_value",
+    )
+
+    def __init__(self, file_id: int) -> None:
+        self.file_id = file_id
+        self.use_copy = connection.vendor == "postgresql"
+
+    def add_records(self, batch: list[engine.Record]) -> None:
+        rows = (
+            (self.file_id, r.index, r.server, r.timestamp, *r.values) for r in batch
+        )
+        self._write(MetricRecord, self.RECORD_COLUMNS, rows)
+
+    def add_anomalies(self, batch: list[engine.Anomaly]) -> None:
+        rows = (
+            (
+                self.file_id,
+                a.record_index,
+                a.server,
+                a.timestamp,
+                a.metric,
+                a.value,
+                a.low,
+                a.high,
+            )
+            for a in batch
+        )
+        self._write(Anomaly, self.ANOMALY_COLUMNS, rows)
+
+    def add_issues(self, batch: list[engine.RecordIssue]) -> None:
+        rows = ((self.file_id, _text(i.pointer), _text(i.message)) for i in batch)
+        self._write(RecordError, ("file_id", "pointer", "message"), rows)
+
+    def reset(self) -> None:
+        _clear_results(self.file_id)
+
+    def _write(self, model, columns, rows) -> None:
+        if self.use_copy:
+            table = model._meta.db_table
+            names = ", ".join(connection.ops.quote_name(c) for c in columns)
+            with (
+                connection.cursor() as cursor,
+                cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            model.objects.bulk_create(
+                [model(**dict(zip(columns, row, strict=True))) for row in rows],
+                batch_size=500,
+            )
+
+
+def _text(value: str, limit: int = 1024) -> str:
+    """Text PostgreSQL can store: NUL escaped, length bounded."""
+    return value.replace("\x00", "\\u0000")[:limit]
+
+
+# --- recovery ------------------------------------------------------------------------
+
+
+def files_recover_stuck() -> dict[str, int]:
+    """Enqueue again files left queued or processing with no sign of life.
+
+    A queued file older than the grace period likely missed the broker; a file
+    processing for longer than the hard time limit has lost its worker. Each is
+    queued again under a new task id (fresh attempts are not granted: the attempt
+    counter still ends a file that keeps killing workers).
+    """
+    now = timezone.now()
+    queued_before = now - timedelta(seconds=settings.DWELLFI_QUEUED_GRACE_SECONDS)
+    processing_before = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    counts = {"requeued": 0, "failed": 0}
+    stuck = list(
+        File.objects.filter(
+            Q(status=File.Status.QUEUED, updated_at__lt=queued_before)
+            | Q(status=File.Status.PROCESSING, started_at__lt=processing_before)
+        ).values_list("pk", flat=True)
+    )
+    for file_id in stuck:
+        with transaction.atomic():
+            file = File.objects.select_for_update().filter(pk=file_id).first()
+            if file is None or file.is_final:
+                continue
+            if file.attempts >= settings.DWELLFI_MAX_ATTEMPTS:
+                file_fail(
+                    file_id=file_id,
+                    task_id=None,
+                    error={"message": f"Gave up after {file.attempts} attempts"},
+                )
+                counts["failed"] += 1
+                continue
+            _queue(file, keep_attempts=True)
+            counts["requeued"] += 1
+    return counts

@@ -1,0 +1,310 @@
+"""The services: storing uploads, processing, events, recovery."""
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+from rest_framework.exceptions import ValidationError
+
+from files import services
+from files.models import Anomaly, AnomalyRule, File, MetricRecord, RecordError
+from notifications.models import Event
+
+from .factories import broken_bytes, metrics_document, server_4_bytes, upload
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def enqueued(monkeypatch) -> list[tuple[int, str]]:
+    """The tasks sent to the broker, instead of sending them."""
+    sent: list[tuple[int, str]] = []
+    monkeypatch.setattr(
+        services, "enqueue", lambda *, file_id, task_id: sent.append((file_id, task_id))
+    )
+    return sent
+
+
+def create(user, content: bytes, name: str = "metrics.json") -> File:
+    return services.file_create(owner=user, upload=upload(content, name))
+
+
+def process(file: File) -> File:
+    file.refresh_from_db()
+    result = services.file_process(file_id=file.pk, task_id=file.task_id)
+    file.refresh_from_db()
+    return result or file
+
+
+def event_types(user) -> list[str]:
+    return list(
+        Event.objects.filter(user=user).order_by("seq").values_list("type", flat=True)
+    )
+
+
+def test_create_stores_bytes_under_a_generated_name_and_enqueues_after_commit(
+    user, enqueued, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        file = create(user, server_4_bytes(), name="../../etc/passwd")
+
+    assert file.status == File.Status.QUEUED
+    assert file.name == "passwd"
+    assert file.size == len(server_4_bytes())
+    assert Path(file.content.path).read_bytes() == server_4_bytes()
+    assert "passwd" not in file.content.name and file.content.name.startswith(
+        "uploads/"
+    )
+    assert len(file.sha256) == 64
+    assert enqueued == [(file.pk, file.task_id)]
+    event = Event.objects.get(user=user)
+    assert (event.seq, event.type, event.message["status"]) == (
+        1,
+        "file.queued",
+        "queued",
+    )
+    assert file.last_event_id == 1
+
+
+def test_nothing_is_enqueued_before_commit(
+    user, enqueued, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        create(user, server_4_bytes())
+    assert enqueued == []
+    assert len(callbacks) >= 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"  \n\t ", "whitespace"),
+        (b"\x89PNG\r\n\x1a\n", "not JSON"),
+        (b"hello world", "not JSON"),
+    ],
+)
+def test_uploads_that_cannot_be_json_are_refused(user, enqueued, content, message):
+    with pytest.raises(ValidationError) as caught:
+        create(user, content)
+    assert message in str(caught.value.detail["file"][0])
+    assert not File.objects.exists()
+
+
+def test_processing_a_metrics_file_stores_records_anomalies_and_summary(
+    user, rules, enqueued
+):
+    file = process(create(user, server_4_bytes()))
+
+    assert file.status == File.Status.PROCESSED
+    assert file.kind == File.Kind.SERVER_METRICS
+    assert (file.record_count, file.anomaly_count, file.invalid_record_count) == (
+        9,
+        27,
+        0,
+    )
+    assert file.progress == 1.0 and file.attempts == 1
+    assert file.started_at and file.finished_at
+    assert MetricRecord.objects.filter(file=file).count() == 9
+    assert Anomaly.objects.filter(file=file).count() == 27
+    first = Anomaly.objects.filter(file=file).order_by("record_index", "id").first()
+    assert (first.metric, first.value, first.min_value, first.max_value) == (
+        "cpu_usage",
+        187,
+        0,
+        85,
+    )
+    assert file.summary["servers"][0]["id"] == "server_002"
+    assert file.summary["metrics"]["cpu_usage"]["max"] == 860
+    assert event_types(user) == [
+        "file.queued",
+        "file.processing",
+        "file.processed",
+        "file.anomalies",
+        "notification",
+    ]
+
+
+def test_outcome_events_carry_the_seed_fields(user, rules, enqueued):
+    file = process(create(user, server_4_bytes()))
+    messages = {e.type: e.message for e in Event.objects.filter(user=user)}
+
+    processed = messages["file.processed"]
+    assert processed["event_name"] == "FileProcessed" and processed["is_major"] is True
+    assert processed["file"]["anomaly_count"] == 27
+    assert processed["status"] == "processed" and processed["progress"] == 1.0
+    anomalies = messages["file.anomalies"]
+    assert anomalies["file_anomaly"]["file_id"] == file.pk
+    assert anomalies["file_anomaly"]["data"].startswith(
+        "cpu_usage out of range: 187 at 2024-09-19T10:00:00Z, "
+    )
+    assert anomalies["file_anomaly"]["data"].endswith("... and 7 more")
+    notification = messages["notification"]
+    assert notification["event_name"] == "Notification"
+    assert notification["user_id"] == user.pk and "processed" in notification["title"]
+    assert (
+        file.last_event_id
+        == notification["id"]
+        == notification["file"]["last_event_id"]
+    )
+
+
+def test_malformed_file_fails_with_its_position(user, rules, enqueued):
+    file = process(create(user, broken_bytes()))
+
+    assert file.status == File.Status.FAILED
+    assert (file.error["line"], file.error["column"], file.error["offset"]) == (
+        13,
+        20,
+        198,
+    )
+    assert file.error["message"]
+    assert not MetricRecord.objects.filter(file=file).exists()
+    failed = Event.objects.get(user=user, type="file.failed").message
+    assert failed["event_name"] == "FileProcessError"
+    assert "line 13, column 20" in failed["file_anomaly"]["data"]
+    assert event_types(user)[-1] == "notification"
+
+
+def test_invalid_records_are_skipped_and_reported_with_pointers(user, rules, enqueued):
+    document = metrics_document()
+    document["metrics"][1]["cpu_usage"] = "high"
+    del document["metrics"][2]["timestamp"]
+    file = process(create(user, json.dumps(document).encode()))
+
+    assert file.status == File.Status.PROCESSED
+    assert (file.record_count, file.invalid_record_count) == (7, 2)
+    pointers = list(
+        RecordError.objects.filter(file=file).values_list("pointer", flat=True)
+    )
+    assert pointers == ["/metrics/1/cpu_usage", "/metrics/2/timestamp"]
+
+
+def test_a_document_without_valid_records_fails(user, rules, enqueued):
+    file = process(create(user, b'{"metrics": [{"cpu_usage": 1}]}'))
+    assert file.status == File.Status.FAILED
+    assert file.error["message"]
+
+
+def test_any_other_json_is_processed_with_a_structural_summary(user, rules, enqueued):
+    file = process(create(user, b'{"a": [1, 2, {"b": null}], "c": "d"}'))
+    assert (file.status, file.kind) == (File.Status.PROCESSED, File.Kind.JSON)
+    assert file.summary["top_level_type"] == "object"
+    assert file.summary["key_count"] == 2
+    assert file.record_count == 0
+
+
+def test_processing_again_replaces_results(user, rules, enqueued):
+    file = process(create(user, server_4_bytes()))
+    services.file_reprocess(file=file, by=user)
+    file = process(file)
+
+    assert file.status == File.Status.PROCESSED
+    assert MetricRecord.objects.filter(file=file).count() == 9
+    assert Anomaly.objects.filter(file=file).count() == 27
+
+
+def test_edited_rules_apply_to_the_next_processing(user, rules, enqueued):
+    AnomalyRule.objects.filter(metric="cpu_usage").update(max_value=1000)
+    AnomalyRule.objects.filter(metric="memory_usage").update(enabled=False)
+    file = process(create(user, server_4_bytes()))
+    assert not Anomaly.objects.filter(
+        file=file, metric__in=["cpu_usage", "memory_usage"]
+    ).exists()
+    assert file.anomaly_count == 27 - 9 - 9
+
+
+def test_a_stale_task_does_nothing(user, rules, enqueued):
+    file = create(user, server_4_bytes())
+    assert services.file_process(file_id=file.pk, task_id="another-task") is not None
+    file.refresh_from_db()
+    assert file.status == File.Status.QUEUED and file.attempts == 0
+
+
+def test_a_duplicate_delivery_after_the_outcome_does_nothing(user, rules, enqueued):
+    file = process(create(user, server_4_bytes()))
+    events = Event.objects.count()
+    services.file_process(file_id=file.pk, task_id=file.task_id)
+    assert Event.objects.count() == events
+    assert MetricRecord.objects.filter(file=file).count() == 9
+
+
+def test_a_file_that_keeps_losing_its_worker_ends_failed(
+    user, rules, enqueued, settings
+):
+    file = create(user, server_4_bytes())
+    File.objects.filter(pk=file.pk).update(
+        status=File.Status.PROCESSING, attempts=settings.DWELLFI_MAX_ATTEMPTS
+    )
+    file = process(file)
+    assert file.status == File.Status.FAILED
+    assert "Gave up after" in file.error["message"]
+
+
+def test_update_with_new_content_requeues_and_removes_old_bytes(
+    user, rules, enqueued, django_capture_on_commit_callbacks
+):
+    file = process(create(user, server_4_bytes()))
+    old_path = Path(file.content.path)
+    with django_capture_on_commit_callbacks(execute=True):
+        file = services.file_update(
+            file=file, by=user, upload=upload(b"[1, 2, 3]", "new.json"), name="new.json"
+        )
+    assert file.status == File.Status.QUEUED and file.name == "new.json"
+    assert not old_path.exists()
+    file = process(file)
+    assert file.kind == File.Kind.JSON
+    assert not MetricRecord.objects.filter(file=file).exists()
+
+
+def test_delete_removes_results_bytes_and_tells_the_owner(
+    user, rules, enqueued, django_capture_on_commit_callbacks
+):
+    file = process(create(user, server_4_bytes()))
+    path, file_id = Path(file.content.path), file.pk
+    with django_capture_on_commit_callbacks(execute=True):
+        services.file_delete(file=file)
+    assert not File.objects.filter(pk=file_id).exists()
+    assert not MetricRecord.objects.filter(file_id=file_id).exists()
+    assert not path.exists()
+    deleted = Event.objects.get(user=user, type="file.deleted")
+    assert deleted.file_id == file_id and deleted.message["event_name"] == "FileDeleted"
+
+
+def test_event_ids_increase_by_one_for_each_user(user, other_user, rules, enqueued):
+    create(user, server_4_bytes())
+    create(other_user, server_4_bytes())
+    create(user, server_4_bytes())
+    assert list(Event.objects.filter(user=user).values_list("seq", flat=True)) == [1, 2]
+    assert list(
+        Event.objects.filter(user=other_user).values_list("seq", flat=True)
+    ) == [1]
+
+
+def test_recovery_requeues_stuck_files_and_fails_hopeless_ones(
+    user, rules, enqueued, settings, django_capture_on_commit_callbacks
+):
+    stuck_queued = create(user, server_4_bytes())
+    fresh = create(user, server_4_bytes())
+    hopeless = create(user, server_4_bytes())
+    long_ago = timezone.now() - timedelta(days=1)
+    File.objects.filter(pk=stuck_queued.pk).update(updated_at=long_ago)
+    File.objects.filter(pk=hopeless.pk).update(
+        status=File.Status.PROCESSING,
+        started_at=long_ago,
+        attempts=settings.DWELLFI_MAX_ATTEMPTS,
+    )
+    enqueued.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        counts = services.files_recover_stuck()
+
+    assert counts == {"requeued": 1, "failed": 1}
+    stuck_queued.refresh_from_db()
+    assert enqueued == [(stuck_queued.pk, stuck_queued.task_id)]
+    hopeless.refresh_from_db()
+    assert hopeless.status == File.Status.FAILED
+    fresh_task = fresh.task_id
+    fresh.refresh_from_db()
+    assert fresh.task_id == fresh_task

@@ -1,0 +1,217 @@
+/* DwellFi shared helpers: formatting, CSRF, JSON data from templates, toasts.
+ * Everything inserted into the DOM goes through textContent, never innerHTML. */
+(function () {
+  'use strict';
+
+  var D = window.DwellFi = window.DwellFi || {};
+  var STASH_KEY = 'dwellfi:toasts';
+
+  /** The value of a `json_script` element, or `fallback`. */
+  D.readJSON = function (id, fallback) {
+    var el = document.getElementById(id);
+    if (!el) return fallback;
+    try { return JSON.parse(el.textContent); } catch (e) { return fallback; }
+  };
+
+  /** Django's CSRF token: the csrftoken cookie, else the page's hidden input. */
+  D.csrfToken = function () {
+    var match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    if (match) return decodeURIComponent(match[1]);
+    var input = document.querySelector('input[name="csrfmiddlewaretoken"]');
+    return input ? input.value : '';
+  };
+
+  /** Like Django's filesizeformat: "1 byte", "532 bytes", "2.3 KB", "1.0 MB". */
+  D.formatSize = function (bytes) {
+    var n = Number(bytes) || 0;
+    var nbsp = '\u00a0';
+    if (n < 1024) return n + nbsp + (n === 1 ? 'byte' : 'bytes');
+    var units = ['KB', 'MB', 'GB', 'TB', 'PB'];
+    var i = -1;
+    do { n /= 1024; i++; } while (n >= 1024 && i < units.length - 1);
+    return n.toFixed(1) + nbsp + units[i];
+  };
+
+  /** A failure as one line, like the server's File.error_text. */
+  D.formatError = function (error) {
+    if (!error) return '';
+    if (typeof error === 'string') return error;
+    var where = [];
+    if (error.line !== null && error.line !== undefined) {
+      where.push('line ' + error.line + ', column ' + error.column);
+    }
+    if (error.offset !== null && error.offset !== undefined) {
+      where.push('byte offset ' + error.offset);
+    }
+    if (error.pointer) where.push('at ' + error.pointer);
+    var message = error.message || '';
+    return where.length ? message + ' (' + where.join('; ') + ')' : message;
+  };
+
+  function pad(n) { return (n < 10 ? '0' : '') + n; }
+
+  /** An ISO timestamp as local "YYYY-MM-DD HH:MM" (with seconds when asked). */
+  D.formatTime = function (iso, withSeconds) {
+    if (!iso) return '';
+    var d = new Date(iso);
+    if (isNaN(d.getTime())) return String(iso);
+    var text = d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) +
+      ' ' + pad(d.getHours()) + ':' + pad(d.getMinutes());
+    return withSeconds ? text + ':' + pad(d.getSeconds()) : text;
+  };
+
+  /** Show a server-rendered or new <time datetime> in the browser's time zone. */
+  D.localizeTime = function (timeEl, withSeconds) {
+    var iso = timeEl.getAttribute('datetime');
+    if (!iso) return;
+    timeEl.textContent = D.formatTime(iso, withSeconds);
+    timeEl.title = new Date(iso).toString();
+  };
+
+  /** A percentage 0..100 from a 0..1 fraction. */
+  D.percent = function (fraction) {
+    var f = Math.min(Math.max(Number(fraction) || 0, 0), 1);
+    return Math.round(f * 100);
+  };
+
+  /** The `detail` of a JSON error response, or a sensible message for its status. */
+  D.errorMessage = function (status, bodyText) {
+    var detail = '';
+    try {
+      var body = JSON.parse(bodyText);
+      if (body && typeof body.detail === 'string') detail = body.detail;
+      else if (body && body.detail) detail = JSON.stringify(body.detail);
+    } catch (e) { /* not JSON: fall back on the status */ }
+    if (detail) return detail;
+    switch (status) {
+      case 0: return 'Network error: the request did not reach the server.';
+      case 400: return 'The server refused this request.';
+      case 401: case 403: return 'Your session has expired or you lack access: reload the page and sign in again.';
+      case 404: return 'Not found: it may have been deleted.';
+      case 413: return 'The file is too large.';
+      case 429: return 'Too many requests: wait a moment and try again.';
+      default: return 'The server answered ' + status + '. Try again in a moment.';
+    }
+  };
+
+  /** fetch() with the session cookie, the CSRF header and JSON accepted. */
+  D.api = function (method, url, body) {
+    var headers = { 'Accept': 'application/json', 'X-CSRFToken': D.csrfToken() };
+    return fetch(url, {
+      method: method,
+      credentials: 'same-origin',
+      headers: headers,
+      body: body
+    }).then(function (response) {
+      return response.text().then(function (text) {
+        var data = null;
+        try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+        return { ok: response.ok, status: response.status, data: data, text: text };
+      });
+    }, function () {
+      return { ok: false, status: 0, data: null, text: '' };
+    });
+  };
+
+  // --- toasts ----------------------------------------------------------------------
+
+  var MAX_TOASTS = 5;
+
+  function dismiss(toast) {
+    if (!toast.parentNode || toast.classList.contains('is-leaving')) return;
+    toast.classList.add('is-leaving');
+    window.setTimeout(function () {
+      if (toast.parentNode) toast.parentNode.removeChild(toast);
+    }, 220);
+  }
+
+  /**
+   * Show a notification: {title, description, kind: info|success|error|warning,
+   * href, linkText, timeout (ms; 0 keeps it until closed)}.
+   */
+  D.toast = function (options) {
+    var region = document.getElementById('toasts');
+    if (!region) return null;
+    var opts = options || {};
+    var toast = document.createElement('div');
+    toast.className = 'toast toast--' + (opts.kind || 'info');
+    toast.setAttribute('role', opts.kind === 'error' ? 'alert' : 'status');
+    toast.setAttribute('aria-live', opts.kind === 'error' ? 'assertive' : 'polite');
+    toast.dataset.kind = opts.kind || 'info';
+
+    var title = document.createElement('p');
+    title.className = 'toast__title';
+    title.textContent = opts.title || '';
+    toast.appendChild(title);
+
+    var close = document.createElement('button');
+    close.type = 'button';
+    close.className = 'toast__close';
+    close.setAttribute('aria-label', 'Dismiss notification');
+    close.textContent = '\u00d7';
+    close.addEventListener('click', function () { dismiss(toast); });
+    toast.appendChild(close);
+
+    if (opts.description) {
+      var body = document.createElement('p');
+      body.className = 'toast__body';
+      body.textContent = opts.description;
+      toast.appendChild(body);
+    }
+    if (opts.href) {
+      var link = document.createElement('a');
+      link.className = 'toast__link';
+      link.href = opts.href;
+      link.textContent = opts.linkText || 'Open';
+      toast.appendChild(link);
+    }
+    toast._options = opts;
+
+    region.appendChild(toast);
+    while (region.children.length > MAX_TOASTS) region.removeChild(region.firstElementChild);
+
+    var timeout = opts.timeout === undefined ? 7000 : opts.timeout;
+    if (timeout > 0) {
+      var timer = null;
+      var arm = function () { timer = window.setTimeout(function () { dismiss(toast); }, timeout); };
+      var disarm = function () { window.clearTimeout(timer); };
+      toast.addEventListener('mouseenter', disarm);
+      toast.addEventListener('mouseleave', arm);
+      toast.addEventListener('focusin', disarm);
+      toast.addEventListener('focusout', arm);
+      arm();
+    }
+    return toast;
+  };
+
+  /** Keep the visible toasts across a reload (sessionStorage), then reload. */
+  D.reloadKeepingToasts = function () {
+    try {
+      var kept = [];
+      document.querySelectorAll('#toasts .toast:not(.is-leaving)').forEach(function (t) {
+        if (t._options) kept.push(t._options);
+      });
+      if (kept.length) window.sessionStorage.setItem(STASH_KEY, JSON.stringify(kept));
+    } catch (e) { /* storage unavailable: the toasts are lost, the page still reloads */ }
+    window.location.reload();
+  };
+
+  function restoreToasts() {
+    var kept = null;
+    try {
+      kept = JSON.parse(window.sessionStorage.getItem(STASH_KEY) || 'null');
+      window.sessionStorage.removeItem(STASH_KEY);
+    } catch (e) { kept = null; }
+    if (Array.isArray(kept)) kept.forEach(function (opts) { D.toast(opts); });
+  }
+
+  function start() {
+    document.querySelectorAll('time[datetime][data-localize]').forEach(function (el) {
+      D.localizeTime(el, el.dataset.localize === 'seconds');
+    });
+    restoreToasts();
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
+  else start();
+})();

@@ -1,0 +1,223 @@
+/* DwellFi live events: one WebSocket to /notification/events, shared by the pages.
+ *
+ * The cursor starts at the page's `last_event_id` (json_script "last-event-id"), so
+ * the server replays every durable event the page has not seen, then sends live
+ * ones. Durable events carry an increasing `id`: anything at or below the highest
+ * seen is a duplicate and dropped. `file.progress` has no id and is always passed on.
+ * On close the client reconnects with exponential backoff (1 s to 30 s, jittered)
+ * passing `?after=<highest id>`, so nothing is lost across reconnects.
+ *
+ * Pages subscribe with `DwellFi.onFileEvent(fn)` (fn(message)), or listen for the
+ * `dwellfi:event` CustomEvent on document (event.detail is the message).
+ */
+(function () {
+  'use strict';
+
+  var D = window.DwellFi = window.DwellFi || {};
+  var BACKOFF_MIN = 1000;
+  var BACKOFF_MAX = 30000;
+  var STABLE_AFTER = 5000;     // an open socket this old resets the backoff
+  var PING_EVERY = 25000;      // keeps proxies from closing an idle socket
+  var SILENCE_LIMIT = 65000;   // no message (not even a pong) for this long: reconnect
+  var CLOSE_UNAUTHENTICATED = 4401;
+  var CLOSE_FORBIDDEN_ORIGIN = 4403;
+
+  var listeners = [];
+  var socket = null;
+  var lastId = 0;
+  var attempt = 0;
+  var retryTimer = null;
+  var stableTimer = null;
+  var pingTimer = null;
+  var lastMessageAt = 0;
+  var stopped = false;
+  var started = false;
+
+  var live = D.live = {
+    state: 'offline',
+    get lastEventId() { return lastId; },
+    get socket() { return socket; }
+  };
+
+  /** Subscribe to every live message (after de-duplication). */
+  D.onFileEvent = function (fn) {
+    if (typeof fn === 'function') listeners.push(fn);
+  };
+
+  function setState(state, detail) {
+    live.state = state;
+    var el = document.getElementById('conn');
+    if (!el) return;
+    el.hidden = false;
+    el.dataset.state = state;
+    var label = el.querySelector('.conn__label') || el;
+    label.textContent = state;
+    el.title = detail || {
+      connecting: 'Connecting to live updates…',
+      connected: 'Live updates are on',
+      reconnecting: 'Connection lost: reconnecting…',
+      offline: 'Live updates are off'
+    }[state] || '';
+  }
+
+  function url() {
+    var scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    return scheme + '://' + location.host + '/notification/events?after=' + encodeURIComponent(lastId);
+  }
+
+  function dispatch(message) {
+    listeners.forEach(function (fn) {
+      try { fn(message); } catch (e) { window.console && console.error(e); }
+    });
+    document.dispatchEvent(new CustomEvent('dwellfi:event', { detail: message }));
+  }
+
+  function notify(message) {
+    var kind = message.status === 'failed' ? 'error' : message.status === 'processed' ? 'success' : 'info';
+    D.toast({
+      title: message.title || 'Notification',
+      description: message.description || message.status_message || '',
+      kind: kind,
+      href: message.file_id && location.pathname !== '/f/' + message.file_id + '/'
+        ? '/f/' + message.file_id + '/' : null,
+      linkText: 'Open file'
+    });
+  }
+
+  function handle(raw) {
+    lastMessageAt = Date.now();
+    var message;
+    try { message = JSON.parse(raw); } catch (e) { return; }
+    if (!message || typeof message !== 'object' || message.type === 'pong') return;
+
+    if (message.type === 'snapshot') {
+      var snapshotId = Number(message.last_event_id) || 0;
+      if (snapshotId > lastId) lastId = snapshotId;
+    } else if (message.id !== undefined && message.id !== null) {
+      var id = Number(message.id);
+      if (!(id > lastId)) return; // a duplicate, already applied
+      lastId = id;
+    }
+    if (message.type === 'notification') notify(message);
+    dispatch(message);
+  }
+
+  function clearTimers() {
+    window.clearTimeout(retryTimer);
+    window.clearTimeout(stableTimer);
+    window.clearInterval(pingTimer);
+    retryTimer = stableTimer = pingTimer = null;
+  }
+
+  function connect() {
+    clearTimers();
+    if (stopped) return;
+    if (navigator.onLine === false) {
+      setState('offline', 'This device is offline: waiting for the network');
+      return;
+    }
+    setState(attempt === 0 && live.state !== 'reconnecting' ? 'connecting' : 'reconnecting');
+    var ws;
+    try {
+      ws = new WebSocket(url());
+    } catch (e) {
+      scheduleRetry();
+      return;
+    }
+    socket = ws;
+
+    ws.onopen = function () {
+      if (ws !== socket) return;
+      lastMessageAt = Date.now();
+      setState('connected');
+      stableTimer = window.setTimeout(function () { attempt = 0; }, STABLE_AFTER);
+      pingTimer = window.setInterval(function () {
+        if (ws.readyState !== WebSocket.OPEN) return;
+        if (Date.now() - lastMessageAt > SILENCE_LIMIT) {
+          ws.close(4000, 'silent'); // a half-open connection: start over
+          return;
+        }
+        try { ws.send(JSON.stringify({ type: 'ping' })); } catch (e) { /* onclose follows */ }
+      }, PING_EVERY);
+    };
+
+    ws.onmessage = function (event) {
+      if (ws === socket) handle(event.data);
+    };
+
+    ws.onclose = function (event) {
+      if (ws !== socket) return;
+      socket = null;
+      clearTimers();
+      if (event.code === CLOSE_UNAUTHENTICATED || event.code === CLOSE_FORBIDDEN_ORIGIN) {
+        stopped = true;
+        setState('offline', 'Live updates stopped: sign in again');
+        D.toast({
+          title: 'Live updates stopped',
+          description: event.code === CLOSE_UNAUTHENTICATED
+            ? 'Your session has ended. Reload the page to sign in again.'
+            : 'This address is not allowed to receive live updates.',
+          kind: 'warning',
+          timeout: 0
+        });
+        return;
+      }
+      scheduleRetry();
+    };
+    // onerror is always followed by onclose, which does the work.
+  }
+
+  function scheduleRetry() {
+    if (stopped) return;
+    if (navigator.onLine === false) {
+      setState('offline', 'This device is offline: waiting for the network');
+      return;
+    }
+    var base = Math.min(BACKOFF_MAX, BACKOFF_MIN * Math.pow(2, attempt));
+    var delay = Math.min(BACKOFF_MAX, Math.round(base * (0.5 + Math.random() * 0.5) + Math.random() * 250));
+    attempt += 1;
+    setState('reconnecting', 'Reconnecting in ' + Math.ceil(delay / 1000) + ' s…');
+    retryTimer = window.setTimeout(connect, delay);
+  }
+
+  /** Reconnect now (the network is back, the tab is visible again). */
+  function reconnectSoon() {
+    if (stopped || socket) return;
+    attempt = 0;
+    connect();
+  }
+
+  function start() {
+    if (started || !window.WebSocket) return;
+    started = true;
+    var initial = Number(D.readJSON ? D.readJSON('last-event-id', 0) : 0);
+    lastId = initial > 0 ? initial : 0;
+    window.addEventListener('online', reconnectSoon);
+    window.addEventListener('offline', function () {
+      if (socket) socket.close(4000, 'offline');
+      else setState('offline', 'This device is offline: waiting for the network');
+    });
+    document.addEventListener('visibilitychange', function () {
+      if (document.visibilityState === 'visible' && retryTimer) reconnectSoon();
+    });
+    window.addEventListener('pagehide', function () {
+      stopped = true;
+      clearTimers();
+      if (socket) socket.close(1000, 'page closed');
+    });
+    window.addEventListener('pageshow', function (event) {
+      if (!event.persisted) return; // restored from the back/forward cache
+      stopped = false;
+      reconnectSoon();
+    });
+    connect();
+  }
+
+  // Start once the page scripts (deferred, after this one) have subscribed.
+  if (document.readyState === 'complete') {
+    start();
+  } else {
+    document.addEventListener('DOMContentLoaded', start);
+    window.addEventListener('load', start);
+  }
+})();

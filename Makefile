@@ -1,0 +1,44 @@
+# DwellFi: `make run` starts the whole stack locally, `make test` runs the suite.
+# Both work from a fresh clone: the virtualenv is made (again) when requirements.txt
+# changes. Configuration comes from the environment (see .env.example).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8000
+ARGS ?=
+
+.PHONY: run test lint fmt check-deploy clean
+
+# run: migrate, then daphne, a Celery worker and beat on http://127.0.0.1:$(PORT)
+run: $(STAMP)
+	PORT=$(PORT) exec $(BIN)/python -m dwellfi.devstack run
+
+# test: the whole suite; pytest arguments through ARGS="-k upload -x"
+test: $(STAMP)
+	exec $(BIN)/python -m dwellfi.devstack test $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# check-deploy: Django's deployment checks on production-like settings
+check-deploy: $(STAMP)
+	DJANGO_DEBUG=0 DJANGO_ALLOWED_HOSTS=dwellfi.example.com \
+	DJANGO_SECRET_KEY="$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+	$(BIN)/python manage.py check --deploy --fail-level WARNING
+
+# clean: local state and caches (the database and demo account under var/ too)
+clean:
+	rm -rf var staticfiles .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -r requirements.txt
+	touch $@

@@ -1,16 +1,13 @@
-"""Server-rendered pages: the upload dashboard, a file's results, the health check."""
+"""Server-rendered pages: the upload dashboard and a file's results."""
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
-from redis import Redis
 
 from . import selectors
-from .models import METRICS
+from .models import METRICS, File
 from .serializers import FileSerializer
 
 PAGE_SIZE = 50
@@ -18,16 +15,25 @@ PAGE_SIZE = 50
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    """The dashboard: upload files and watch them move through processing live."""
-    files = Paginator(selectors.file_list(user=request.user), PAGE_SIZE).get_page(
-        request.GET.get("page")
-    )
+    """The dashboard: upload files, find them, watch them being processed."""
+    filters = {
+        "status": request.GET.get("status", ""),
+        "kind": request.GET.get("kind", ""),
+        "query": request.GET.get("q", "").strip(),
+    }
+    files = Paginator(
+        selectors.file_search(user=request.user, **filters), PAGE_SIZE
+    ).get_page(request.GET.get("page"))
     return render(
         request,
         "files/home.html",
         {
             "files": files,
             "files_json": FileSerializer(files.object_list, many=True).data,
+            "filters": filters,
+            "filtered": any(filters.values()),
+            "statuses": File.Status.values,
+            "kinds": File.Kind.values,
             "last_event_id": selectors.last_event_id(user=request.user),
             "max_upload_bytes": settings.DWELLFI_MAX_UPLOAD_BYTES,
         },
@@ -36,13 +42,14 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def file_page(request: HttpRequest, pk: int) -> HttpResponse:
-    """One file: its summary, anomalies and validation errors."""
+    """One file: its summary, charts, anomalies (sortable) and validation errors."""
     file = selectors.file_get(user=request.user, file_id=pk)
     if file is None:
         raise Http404("No such file.")
-    anomalies = Paginator(selectors.anomaly_list(file=file), PAGE_SIZE).get_page(
-        request.GET.get("anomalies")
+    anomalies, sort = selectors.anomaly_list_sorted(
+        file=file, sort=request.GET.get("sort", "")
     )
+    anomalies = Paginator(anomalies, PAGE_SIZE).get_page(request.GET.get("anomalies"))
     errors = Paginator(selectors.record_error_list(file=file), PAGE_SIZE).get_page(
         request.GET.get("errors")
     )
@@ -53,31 +60,44 @@ def file_page(request: HttpRequest, pk: int) -> HttpResponse:
             "file": file,
             "file_json": FileSerializer(file).data,
             "anomalies": anomalies,
+            "anomaly_columns": _sort_columns(sort),
             "errors": errors,
-            "metrics": METRICS,
+            "charted_metrics": _charted_metrics(file),
             "last_event_id": selectors.last_event_id(user=request.user),
         },
     )
 
 
-@require_GET
-def healthz(request: HttpRequest) -> JsonResponse:
-    """Database and Redis (the broker and the channel layer) reachability."""
-    checks = {}
-    try:
-        connection.ensure_connection()
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        checks["database"] = "ok"
-    except Exception as exc:  # any failure is the answer, not an error
-        checks["database"] = f"error: {exc.__class__.__name__}"
-    try:
-        Redis.from_url(settings.REDIS_URL, socket_timeout=2).ping()
-        checks["redis"] = "ok"
-    except Exception as exc:
-        checks["redis"] = f"error: {exc.__class__.__name__}"
-    healthy = all(value == "ok" for value in checks.values())
-    return JsonResponse(
-        {"status": "ok" if healthy else "error", **checks},
-        status=200 if healthy else 503,
-    )
+def _charted_metrics(file: File) -> list[str]:
+    """The metrics the file has values for, in the usual order: one chart each."""
+    stats = (file.summary or {}).get("metrics") or {}
+    return [m for m in METRICS if (stats.get(m) or {}).get("count")]
+
+
+ANOMALY_COLUMNS = (
+    ("record", "Record", True),
+    ("server", "Server", False),
+    ("timestamp", "Timestamp (UTC)", False),
+    ("metric", "Metric", False),
+    ("value", "Value", True),
+)
+
+
+def _sort_columns(sort: str) -> list[dict[str, object]]:
+    """The anomalies table's sortable headers: each link toggles its direction."""
+    columns = []
+    for key, label, numeric in ANOMALY_COLUMNS:
+        active = sort.removeprefix("-") == key
+        descending = active and sort.startswith("-")
+        columns.append(
+            {
+                "key": key,
+                "label": label,
+                "numeric": numeric,
+                "aria_sort": (
+                    ("descending" if descending else "ascending") if active else ""
+                ),
+                "next": key if descending or not active else f"-{key}",
+            }
+        )
+    return columns

@@ -184,6 +184,15 @@
     return toast;
   };
 
+  /** Show a toast on the next page this tab opens (after a navigation). */
+  D.stashToast = function (options) {
+    try {
+      var kept = JSON.parse(window.sessionStorage.getItem(STASH_KEY) || '[]');
+      kept.push(options);
+      window.sessionStorage.setItem(STASH_KEY, JSON.stringify(kept));
+    } catch (e) { /* storage unavailable: the next page shows no toast */ }
+  };
+
   /** Keep the visible toasts across a reload (sessionStorage), then reload. */
   D.reloadKeepingToasts = function () {
     try {

@@ -1,11 +1,11 @@
-/* DwellFi file page: live status, the actions (process again, delete), the chart. */
+/* DwellFi file page: live status, the actions (download, process again, replace,
+ * delete) and a uPlot chart per metric fed by the downsampling endpoint. */
 (function () {
   'use strict';
 
   var D = window.DwellFi;
   var FINAL = { processed: true, failed: true };
   var RELOAD_DELAY = 800; // lets the notification that follows an outcome arrive first
-  var SVG = 'http://www.w3.org/2000/svg';
 
   var article, file, apiUrl, homeUrl;
   var reloading = false;
@@ -120,6 +120,7 @@
     D.api('DELETE', apiUrl).then(function (result) {
       if (result.ok || result.status === 404) {
         gone = true;
+        D.stashToast({ title: 'File deleted', description: file.name + ' and its results were deleted.', kind: 'success' });
         window.location.assign(homeUrl);
         return;
       }
@@ -128,147 +129,377 @@
     });
   }
 
-  // --- chart -----------------------------------------------------------------------
+  function replace(input) {
+    var chosen = input.files && input.files[0];
+    input.value = '';
+    if (!chosen) return;
+    if (chosen.size === 0) {
+      D.toast({ title: 'Not replaced', description: 'The file is empty.', kind: 'error' });
+      return;
+    }
+    var label = document.getElementById('replace');
+    var message = role('status-message');
+    input.disabled = true;
+    label.setAttribute('aria-disabled', 'true');
+    message.textContent = 'Uploading ' + chosen.name + '…';
 
-  function svg(tag, attrs, parent) {
-    var node = document.createElementNS(SVG, tag);
-    Object.keys(attrs || {}).forEach(function (key) { node.setAttribute(key, attrs[key]); });
-    if (parent) parent.appendChild(node);
-    return node;
+    var xhr = new XMLHttpRequest();
+    xhr.open('PUT', apiUrl);
+    xhr.setRequestHeader('X-CSRFToken', D.csrfToken());
+    xhr.setRequestHeader('Accept', 'application/json');
+    xhr.upload.addEventListener('progress', function (event) {
+      if (!event.lengthComputable || !event.total) return;
+      message.textContent = 'Uploading ' + chosen.name + '… ' + D.percent(event.loaded / event.total) + '%';
+    });
+    function finish() {
+      input.disabled = false;
+      label.removeAttribute('aria-disabled');
+    }
+    xhr.addEventListener('load', function () {
+      finish();
+      var data = null;
+      try { data = JSON.parse(xhr.responseText); } catch (e) { data = null; }
+      if (xhr.status !== 200 || !data || data.id !== file.id) {
+        message.textContent = '';
+        D.toast({ title: 'Could not replace', description: D.errorMessage(xhr.status, xhr.responseText), kind: 'error' });
+        return;
+      }
+      file.name = data.name;
+      role('name').textContent = data.name;
+      document.title = data.name + ' · DwellFi';
+      if (!isStale(data)) renderStatus(data);
+      D.toast({ title: 'Replaced', description: data.name + ' is being processed again; this page updates when it is done.' });
+    });
+    xhr.addEventListener('error', function () {
+      finish();
+      message.textContent = '';
+      D.toast({ title: 'Could not replace', description: D.errorMessage(0, ''), kind: 'error' });
+    });
+    var body = new FormData();
+    body.append('file', chosen, chosen.name);
+    xhr.send(body);
   }
 
-  function niceTicks(lo, hi, count) {
-    var span = hi - lo || Math.abs(hi) || 1;
-    var step = Math.pow(10, Math.floor(Math.log10(span / count)));
-    var err = span / count / step;
-    if (err >= 7.5) step *= 10; else if (err >= 3.5) step *= 5; else if (err >= 1.5) step *= 2;
-    var ticks = [];
-    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
-    return ticks;
+  // --- charts (uPlot) ----------------------------------------------------------------
+
+  var MAX_POINTS = 5000;        // the endpoint's limit
+  var MIN_VISIBLE_POINTS = 40;  // fewer buckets than this in a zoomed view: fetch finer ones
+  var charts = [];
+  D.charts = charts;
+
+  function cssVar(name, fallback) {
+    var value = window.getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+    return value || fallback;
+  }
+
+  /** "#rrggbb" (or "#rgb") with an alpha, for canvas fills. */
+  function alpha(hex, a) {
+    var h = String(hex).replace('#', '');
+    if (h.length === 3) h = h.split('').map(function (c) { return c + c; }).join('');
+    if (!/^[0-9a-f]{6}$/i.test(h)) return hex;
+    var n = parseInt(h, 16);
+    return 'rgba(' + (n >> 16 & 255) + ',' + (n >> 8 & 255) + ',' + (n & 255) + ',' + a + ')';
+  }
+
+  function palette() {
+    return {
+      accent: cssVar('--accent', '#2f5bea'),
+      danger: cssVar('--danger', '#c62828'),
+      success: cssVar('--success', '#1e7d3a'),
+      muted: cssVar('--muted', '#5b6272'),
+      border: cssVar('--border', '#e1e4ea')
+    };
   }
 
   function shortNumber(v) {
+    if (v === null || v === undefined) return '—';
     var a = Math.abs(v);
     if (a >= 1e9) return (v / 1e9).toFixed(1).replace(/\.0$/, '') + 'G';
     if (a >= 1e6) return (v / 1e6).toFixed(1).replace(/\.0$/, '') + 'M';
     if (a >= 1e4) return (v / 1e3).toFixed(1).replace(/\.0$/, '') + 'k';
-    return String(Number(v.toPrecision(4)));
+    return String(Number(Number(v).toPrecision(4)));
   }
 
-  function utcLabel(iso) {
-    var d = new Date(iso);
-    if (isNaN(d.getTime())) return '';
-    return d.toISOString().slice(5, 16).replace('T', ' ');
+  function pad(n) { return (n < 10 ? '0' : '') + n; }
+
+  /** A time (seconds) in UTC, as precise as the axis step (s) needs; in full without. */
+  function utc(ts, step) {
+    var d = new Date(ts * 1000);
+    var date = d.getUTCFullYear() + '-' + pad(d.getUTCMonth() + 1) + '-' + pad(d.getUTCDate());
+    var time = pad(d.getUTCHours()) + ':' + pad(d.getUTCMinutes());
+    var seconds = ':' + pad(d.getUTCSeconds());
+    if (step === undefined) return date + ' ' + time + seconds + ' UTC';
+    if (step < 60) return time + seconds;
+    if (step < 86400) return time;
+    return step < 28 * 86400 ? date.slice(5) : date;
   }
 
-  function message(canvas, text) {
-    canvas.textContent = '';
-    canvas.appendChild(Object.assign(document.createElement('p'), { className: 'muted', textContent: text }));
-  }
-
-  function drawChart(canvas, data) {
-    var series = (data.series || []).filter(function (b) { return b.mean !== null && b.mean !== undefined; });
-    if (!series.length) {
-      message(canvas, 'No values for ' + data.metric + ' in this file.');
-      return;
+  function showMessage(chart, text) {
+    if (chart.plot) {
+      chart.plot.destroy();
+      chart.plot = null;
     }
-    var width = Math.max(300, canvas.clientWidth || 600);
-    var height = width < 500 ? 220 : 280;
-    var m = { top: 12, right: 14, bottom: 30, left: 48 };
-    var innerW = width - m.left - m.right;
-    var innerH = height - m.top - m.bottom;
+    chart.canvas.textContent = '';
+    var p = document.createElement('p');
+    p.className = 'muted';
+    p.textContent = text;
+    chart.canvas.appendChild(p);
+    chart.figure.dataset.state = 'empty';
+  }
 
-    var lo = Infinity, hi = -Infinity;
-    series.forEach(function (b) { lo = Math.min(lo, b.min); hi = Math.max(hi, b.max); });
+  /**
+   * The endpoint's buckets as uPlot's columns: time (s), min, max, mean, the values
+   * beyond the rule's max and below its min (the anomalies' marks), and the rule.
+   */
+  function columns(data) {
+    var buckets = (data.series || []).filter(function (b) {
+      return b.start && b.mean !== null && b.mean !== undefined;
+    }).map(function (b) {
+      return { x: Date.parse(b.start) / 1000, min: b.min, max: b.max, mean: b.mean };
+    }).sort(function (a, b) { return a.x - b.x; });
     var rule = data.rule;
-    if (rule) { lo = Math.min(lo, rule.min); hi = Math.max(hi, rule.max); }
-    if (lo === hi) { lo -= 1; hi += 1; }
-    var pad = (hi - lo) * 0.05;
-    lo -= pad; hi += pad;
-
-    var n = series.length;
-    function x(i) { return m.left + (n === 1 ? innerW / 2 : (i / (n - 1)) * innerW); }
-    function y(v) { return m.top + innerH - ((v - lo) / (hi - lo)) * innerH; }
-
-    var root = svg('svg', {
-      viewBox: '0 0 ' + width + ' ' + height, width: width, height: height, role: 'img',
-      'aria-label': data.metric + ' over ' + data.record_count + ' records' +
-        (rule ? '; allowed range ' + rule.min + ' to ' + rule.max : '')
-    });
-    svg('title', {}, root).textContent = data.metric + (data.server ? ' on ' + data.server : '');
-
-    var grid = svg('g', { 'class': 'grid' }, root);
-    niceTicks(lo, hi, 5).forEach(function (t) {
-      svg('line', { x1: m.left, x2: width - m.right, y1: y(t), y2: y(t) }, grid);
-      var label = svg('text', { x: m.left - 6, y: y(t) + 4, 'text-anchor': 'end' }, grid);
-      label.textContent = shortNumber(t);
-    });
-    var marks = n === 1 ? [0] : [0, Math.floor((n - 1) / 2), n - 1];
-    marks.forEach(function (i, k) {
-      var anchor = n === 1 ? 'middle' : k === 0 ? 'start' : k === marks.length - 1 ? 'end' : 'middle';
-      var label = svg('text', { x: x(i), y: height - 8, 'text-anchor': anchor }, grid);
-      label.textContent = utcLabel(series[i].start) + ' UTC';
-    });
-
-    var upper = series.map(function (b, i) { return x(i) + ',' + y(b.max); });
-    var lower = series.map(function (b, i) { return x(i) + ',' + y(b.min); }).reverse();
-    if (n > 1) svg('polygon', { 'class': 'band', points: upper.concat(lower).join(' ') }, root);
-
-    if (rule) {
-      [rule.min, rule.max].forEach(function (v) {
-        if (v > lo && v < hi) svg('line', { 'class': 'rule', x1: m.left, x2: width - m.right, y1: y(v), y2: y(v) }, root);
-      });
-    }
-    if (n > 1) {
-      svg('polyline', { 'class': 'mean', points: series.map(function (b, i) { return x(i) + ',' + y(b.mean); }).join(' ') }, root);
-    }
-    series.forEach(function (b, i) {
-      var out = rule && (b.max > rule.max || b.min < rule.min);
-      if (n === 1 || out) {
-        var v = !out ? b.mean : b.max > rule.max ? b.max : b.min;
-        var dot = svg('circle', { 'class': out ? 'outlier' : 'mean-dot', cx: x(i), cy: y(v), r: n > 200 ? 2 : 3.5 }, root);
-        svg('title', {}, dot).textContent = utcLabel(b.start) + ' UTC: ' + v;
+    var cols = { x: [], min: [], max: [], mean: [], above: [], below: [], ruleMin: [], ruleMax: [], marks: 0 };
+    buckets.forEach(function (b) {
+      cols.x.push(b.x);
+      cols.min.push(b.min);
+      cols.max.push(b.max);
+      cols.mean.push(b.mean);
+      var above = rule && b.max > rule.max ? b.max : null;
+      var below = rule && b.min < rule.min ? b.min : null;
+      cols.above.push(above);
+      cols.below.push(below);
+      if (above !== null || below !== null) cols.marks += 1;
+      if (rule) {
+        cols.ruleMin.push(rule.min);
+        cols.ruleMax.push(rule.max);
       }
     });
-
-    canvas.textContent = '';
-    canvas.appendChild(root);
+    return cols;
   }
 
-  function setupChart() {
-    var canvas = document.getElementById('chart-canvas');
-    var metricSelect = document.getElementById('chart-metric');
-    if (!canvas || !metricSelect) return;
-    var serverSelect = document.getElementById('chart-server');
-    var last = null;
-    var request = 0;
+  function aligned(cols, hasRule) {
+    var data = [cols.x, cols.min, cols.max, cols.mean, cols.above, cols.below];
+    if (hasRule) data.push(cols.ruleMin, cols.ruleMax);
+    return data;
+  }
 
-    function load() {
-      var points = Math.max(20, Math.min(500, Math.floor((canvas.clientWidth || 600) / 3)));
-      var query = '?metric=' + encodeURIComponent(metricSelect.value) + '&points=' + points;
-      if (serverSelect && serverSelect.value) query += '&server=' + encodeURIComponent(serverSelect.value);
-      var mine = ++request;
-      canvas.setAttribute('aria-busy', 'true');
-      D.api('GET', apiUrl + 'metrics/' + query).then(function (result) {
-        if (mine !== request) return;
-        canvas.setAttribute('aria-busy', 'false');
-        if (!result.ok || !result.data) {
-          message(canvas, 'Could not load the chart: ' + D.errorMessage(result.status, result.text));
-          return;
-        }
-        last = result.data;
-        drawChart(canvas, last);
+  function size(chart) {
+    var width = Math.max(260, Math.floor(chart.canvas.clientWidth || chart.figure.clientWidth || 600));
+    return { width: width, height: width < 520 ? 200 : 240 };
+  }
+
+  function options(chart, hasRule) {
+    var c = palette();
+    var dims = size(chart);
+    var series = [
+      { label: 'time (UTC)', value: function (u, v) { return v === null || v === undefined ? '—' : utc(v); } },
+      { label: 'min', stroke: alpha(c.accent, 0.45), width: 1, value: function (u, v) { return shortNumber(v); } },
+      { label: 'max', stroke: alpha(c.accent, 0.45), width: 1, value: function (u, v) { return shortNumber(v); } },
+      { label: 'mean', stroke: c.accent, width: 2, value: function (u, v) { return shortNumber(v); } },
+      {
+        label: 'above range', stroke: c.danger, fill: c.danger, width: 1,
+        paths: function () { return null; },
+        points: { show: true, size: 8, stroke: c.danger, fill: c.danger },
+        value: function (u, v) { return shortNumber(v); }
+      },
+      {
+        label: 'below range', stroke: c.danger, fill: c.danger, width: 1,
+        paths: function () { return null; },
+        points: { show: true, size: 8, stroke: c.danger, fill: c.danger },
+        value: function (u, v) { return shortNumber(v); }
+      }
+    ];
+    var bands = [{ series: [2, 1], fill: alpha(c.accent, 0.16) }];
+    if (hasRule) {
+      series.push(
+        { label: 'range min', stroke: c.success, width: 1.5, dash: [6, 4], points: { show: false }, value: function (u, v) { return shortNumber(v); } },
+        { label: 'range max', stroke: c.success, width: 1.5, dash: [6, 4], points: { show: false }, value: function (u, v) { return shortNumber(v); } }
+      );
+      bands.push({ series: [7, 6], fill: alpha(c.success, 0.07) });
+    }
+    var axis = { stroke: c.muted, grid: { stroke: alpha(c.border, 1), width: 1 }, ticks: { stroke: c.border, width: 1 } };
+    return {
+      width: dims.width,
+      height: dims.height,
+      scales: { x: { time: true } },
+      series: series,
+      bands: bands,
+      axes: [
+        Object.assign({
+          values: function (u, splits, axisIdx, space, step) {
+            return splits.map(function (t) { return utc(t, step); });
+          }
+        }, axis),
+        Object.assign({ size: 56, values: function (u, splits) { return splits.map(shortNumber); } }, axis)
+      ],
+      cursor: { drag: { x: true, y: false }, sync: { key: 'dwellfi-file' } },
+      legend: { live: true },
+      hooks: {
+        setScale: [function (u, key) { if (key === 'x') zoomed(chart); }]
+      }
+    };
+  }
+
+  function describe(chart, data, cols) {
+    var info = chart.figure.querySelector('[data-role="chart-info"]');
+    var text = data.record_count + ' value' + (data.record_count === 1 ? '' : 's');
+    if (data.points < data.record_count) text += ' in ' + data.points + ' points';
+    if (data.rule) text += ' · allowed ' + shortNumber(data.rule.min) + '–' + shortNumber(data.rule.max);
+    text += ' · ' + cols.marks + ' point' + (cols.marks === 1 ? '' : 's') + ' outside';
+    info.textContent = text;
+    chart.canvas.setAttribute('aria-label', chart.metric + ' over time: ' + text);
+  }
+
+  function draw(chart, data, keepZoom) {
+    var cols = columns(data);
+    if (!cols.x.length) {
+      showMessage(chart, 'No values for ' + chart.metric + (data.server ? ' on ' + data.server : '') + '.');
+      return;
+    }
+    var hasRule = Boolean(data.rule);
+    var zoom = keepZoom && chart.plot ? { min: chart.plot.scales.x.min, max: chart.plot.scales.x.max } : null;
+    chart.data = data;
+    chart.fetching = false;
+    if (chart.plot && chart.hasRule === hasRule) {
+      chart.plot.setData(aligned(cols, hasRule), !zoom);
+      if (zoom) chart.plot.setScale('x', zoom);
+    } else {
+      if (chart.plot) chart.plot.destroy();
+      chart.canvas.textContent = '';
+      chart.hasRule = hasRule;
+      chart.plot = new uPlot(options(chart, hasRule), aligned(cols, hasRule), chart.canvas);
+    }
+    chart.figure.dataset.state = 'drawn';
+    chart.figure.dataset.points = String(cols.x.length);
+    chart.figure.dataset.anomalyMarks = String(cols.marks);
+    describe(chart, data, cols);
+  }
+
+  function load(chart, points, keepZoom) {
+    var query = '?metric=' + encodeURIComponent(chart.metric) + '&points=' + points;
+    var server = document.getElementById('chart-server');
+    if (server && server.value) query += '&server=' + encodeURIComponent(server.value);
+    var mine = ++chart.request;
+    chart.points = points;
+    chart.fetching = true;
+    chart.canvas.setAttribute('aria-busy', 'true');
+    return D.api('GET', apiUrl + 'metrics/' + query).then(function (result) {
+      if (mine !== chart.request) return;
+      chart.canvas.setAttribute('aria-busy', 'false');
+      chart.fetching = false;
+      if (!result.ok || !result.data) {
+        showMessage(chart, 'Could not load the chart: ' + D.errorMessage(result.status, result.text));
+        return;
+      }
+      draw(chart, result.data, keepZoom);
+    });
+  }
+
+  function basePoints(chart) {
+    return Math.max(50, Math.min(1000, Math.round(size(chart).width / 2)));
+  }
+
+  function fullRange(chart) {
+    var xs = chart.plot.data[0];
+    return { min: xs[0], max: xs[xs.length - 1] };
+  }
+
+  function isZoomed(chart) {
+    if (!chart.plot || !chart.plot.data[0].length) return false;
+    var full = fullRange(chart);
+    var x = chart.plot.scales.x;
+    return x.min > full.min || x.max < full.max;
+  }
+
+  /** After a zoom: show "Reset zoom", and fetch finer buckets when few are visible. */
+  function zoomed(chart) {
+    var reset = chart.figure.querySelector('[data-role="chart-reset"]');
+    var zoomedIn = isZoomed(chart);
+    reset.hidden = !zoomedIn;
+    chart.figure.dataset.zoomed = zoomedIn ? 'true' : 'false';
+    window.clearTimeout(chart.refineTimer);
+    if (!zoomedIn || chart.fetching || !chart.data) return;
+    chart.refineTimer = window.setTimeout(function () {
+      var xs = chart.plot.data[0];
+      var x = chart.plot.scales.x;
+      var visible = xs.filter(function (t) { return t >= x.min && t <= x.max; }).length;
+      var coarse = chart.data.points < chart.data.record_count;
+      if (!coarse || visible >= MIN_VISIBLE_POINTS || chart.points >= MAX_POINTS) return;
+      var wanted = Math.ceil(chart.points * MIN_VISIBLE_POINTS * 2 / Math.max(visible, 1));
+      load(chart, Math.min(MAX_POINTS, Math.max(wanted, chart.points * 2)), true);
+    }, 250);
+  }
+
+  /** Zooming one chart zooms them all (a drag does so through uPlot's cursor sync). */
+  function zoomAll(range) {
+    charts.forEach(function (chart) { if (chart.plot) chart.plot.setScale('x', range); });
+  }
+
+  function resetZoom(chart) {
+    if (chart.plot) zoomAll(fullRange(chart));
+  }
+
+  /** Keyboard zoom on a focused chart: + and - zoom, arrows pan, 0 resets. */
+  function onChartKey(chart, event) {
+    if (!chart.plot) return;
+    var x = chart.plot.scales.x;
+    var span = x.max - x.min;
+    var full = fullRange(chart);
+    var next = null;
+    if (event.key === '+' || event.key === '=' || event.key === 'ArrowUp') next = { min: x.min + span / 4, max: x.max - span / 4 };
+    else if (event.key === '-' || event.key === 'ArrowDown') next = { min: x.min - span / 2, max: x.max + span / 2 };
+    else if (event.key === 'ArrowLeft') next = { min: x.min - span / 4, max: x.max - span / 4 };
+    else if (event.key === 'ArrowRight') next = { min: x.min + span / 4, max: x.max + span / 4 };
+    else if (event.key === '0' || event.key === 'Home') next = full;
+    if (!next) return;
+    event.preventDefault();
+    var width = next.max - next.min;
+    if (width >= full.max - full.min) next = full;
+    else if (next.min < full.min) next = { min: full.min, max: full.min + width };
+    else if (next.max > full.max) next = { min: full.max - width, max: full.max };
+    zoomAll(next);
+  }
+
+  function setupCharts() {
+    var figures = document.querySelectorAll('figure.chart[data-metric]');
+    if (!figures.length) return;
+    if (!window.uPlot) {
+      figures.forEach(function (figure) {
+        figure.querySelector('[data-role="chart-canvas"]').textContent = 'The charting library did not load.';
+      });
+      return;
+    }
+    figures.forEach(function (figure) {
+      var chart = {
+        metric: figure.dataset.metric,
+        figure: figure,
+        canvas: figure.querySelector('[data-role="chart-canvas"]'),
+        plot: null, data: null, request: 0, points: 0, fetching: false, refineTimer: null
+      };
+      chart.canvas.tabIndex = 0;
+      chart.canvas.setAttribute('role', 'img');
+      chart.canvas.addEventListener('keydown', function (event) { onChartKey(chart, event); });
+      chart.canvas.addEventListener('dblclick', function () { resetZoom(chart); });
+      figure.querySelector('[data-role="chart-reset"]').addEventListener('click', function () { resetZoom(chart); });
+      charts.push(chart);
+      load(chart, basePoints(chart), false);
+    });
+
+    var server = document.getElementById('chart-server');
+    if (server) {
+      server.addEventListener('change', function () {
+        charts.forEach(function (chart) { load(chart, basePoints(chart), false); });
       });
     }
-
-    metricSelect.addEventListener('change', load);
-    if (serverSelect) serverSelect.addEventListener('change', load);
     var resizeTimer = null;
-    window.addEventListener('resize', function () {
+    var onResize = function () {
       window.clearTimeout(resizeTimer);
-      resizeTimer = window.setTimeout(function () { if (last) drawChart(canvas, last); }, 150);
-    });
-    load();
+      resizeTimer = window.setTimeout(function () {
+        charts.forEach(function (chart) { if (chart.plot) chart.plot.setSize(size(chart)); });
+      }, 120);
+    };
+    if (window.ResizeObserver) new ResizeObserver(onResize).observe(document.querySelector('.charts'));
+    else window.addEventListener('resize', onResize);
   }
 
   function start() {
@@ -282,8 +513,13 @@
 
     document.getElementById('reprocess').addEventListener('click', reprocess);
     document.getElementById('delete').addEventListener('click', remove);
+    var replaceInput = document.getElementById('replace-input');
+    replaceInput.addEventListener('change', function () { replace(replaceInput); });
+    document.getElementById('download').addEventListener('click', function () {
+      D.toast({ title: 'Download started', description: file.name + ' is being saved by your browser.', timeout: 4000 });
+    });
     D.onFileEvent(onMessage);
-    setupChart();
+    setupCharts();
   }
 
   start();

@@ -10,6 +10,7 @@
   var maxBytes = Infinity;
   var maxLabel = '';
   var page = 1;
+  var filters = { status: '', kind: '', query: '' };
   var queue = [];
   var active = 0;
 
@@ -88,13 +89,27 @@
     if (!countEl) return;
     var n = Math.max(0, (Number(countEl.dataset.count) || 0) + delta);
     countEl.dataset.count = String(n);
-    countEl.textContent = n + (n === 1 ? ' file' : ' files');
+    countEl.textContent = n + (n === 1 ? ' file' : ' files') + (isFiltered() ? ' match' : '');
     countEl.hidden = n === 0;
+  }
+
+  function isFiltered() {
+    return Boolean(filters.status || filters.kind || filters.query);
+  }
+
+  /** Whether a file passes the filters the page was rendered with. */
+  function matchesFilters(file) {
+    if (filters.status && file.status !== filters.status) return false;
+    if (filters.kind && file.kind !== filters.kind) return false;
+    if (filters.query && String(file.name || '').toLowerCase().indexOf(filters.query.toLowerCase()) === -1) {
+      return false;
+    }
+    return true;
   }
 
   /** Whether a file unknown to this page belongs at the top of it. */
   function belongsOnTop(file) {
-    if (page !== 1) return false;
+    if (page !== 1 || !matchesFilters(file)) return false;
     var first = body.querySelector('tr.file-row time[datetime]');
     if (!first || !file.created_at) return true;
     return new Date(file.created_at) >= new Date(first.getAttribute('datetime'));
@@ -364,7 +379,13 @@
     var limit = Number(form.dataset.maxBytes);
     if (limit > 0) maxBytes = limit;
     maxLabel = form.dataset.maxLabel || D.formatSize(maxBytes);
-    page = Number(document.getElementById('files-table').dataset.page) || 1;
+    var table = document.getElementById('files-table');
+    page = Number(table.dataset.page) || 1;
+    filters = {
+      status: table.dataset.filterStatus || '',
+      kind: table.dataset.filterKind || '',
+      query: table.dataset.filterQuery || ''
+    };
 
     // The server rendered the rows; redraw them from the same data in local time.
     (D.readJSON('files-data', []) || []).forEach(function (file) { applyFile(file, false); });

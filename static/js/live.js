@@ -5,7 +5,10 @@
  * ones. Durable events carry an increasing `id`: anything at or below the highest
  * seen is a duplicate and dropped. `file.progress` has no id and is always passed on.
  * On close the client reconnects with exponential backoff (1 s to 30 s, jittered)
- * passing `?after=<highest id>`, so nothing is lost across reconnects.
+ * passing `?after=<highest id>`, so nothing is lost across reconnects. When the
+ * socket keeps failing (a proxy that drops WebSockets, say), the client also polls
+ * `GET /api/events/?after=<highest id>` until a socket stays open again: the same
+ * durable events, through the same de-duplication.
  *
  * Pages subscribe with `DwellFi.onFileEvent(fn)` (fn(message)), or listen for the
  * `dwellfi:event` CustomEvent on document (event.detail is the message).
@@ -21,6 +24,9 @@
   var SILENCE_LIMIT = 65000;   // no message (not even a pong) for this long: reconnect
   var CLOSE_UNAUTHENTICATED = 4401;
   var CLOSE_FORBIDDEN_ORIGIN = 4403;
+  var POLL_AFTER_FAILURES = 3; // failed connections in a row before polling starts
+  var POLL_EVERY = 4000;
+  var POLL_PAGE_SIZE = 200;
 
   var listeners = [];
   var socket = null;
@@ -32,6 +38,9 @@
   var lastMessageAt = 0;
   var stopped = false;
   var started = false;
+  var pollTimer = null;
+  var polling = false;
+  var pollInFlight = false;
 
   var live = D.live = {
     state: 'offline',
@@ -56,6 +65,7 @@
       connecting: 'Connecting to live updates…',
       connected: 'Live updates are on',
       reconnecting: 'Connection lost: reconnecting…',
+      polling: 'Live updates by polling: the WebSocket is unavailable',
       offline: 'Live updates are off'
     }[state] || '';
   }
@@ -88,6 +98,10 @@
     lastMessageAt = Date.now();
     var message;
     try { message = JSON.parse(raw); } catch (e) { return; }
+    apply(message);
+  }
+
+  function apply(message) {
     if (!message || typeof message !== 'object' || message.type === 'pong') return;
 
     if (message.type === 'snapshot') {
@@ -100,6 +114,68 @@
     }
     if (message.type === 'notification') notify(message);
     dispatch(message);
+  }
+
+  // --- the polling fallback ---------------------------------------------------------
+
+  function startPolling() {
+    if (polling || stopped) return;
+    polling = true;
+    poll();
+  }
+
+  function stopPolling() {
+    polling = false;
+    window.clearTimeout(pollTimer);
+    pollTimer = null;
+  }
+
+  function schedulePoll(delay) {
+    window.clearTimeout(pollTimer);
+    if (polling) pollTimer = window.setTimeout(poll, delay);
+  }
+
+  /** Fetch the durable events after the cursor, page after page, then wait. */
+  function poll() {
+    if (!polling || pollInFlight) return;
+    if (document.visibilityState === 'hidden') {
+      schedulePoll(POLL_EVERY);
+      return;
+    }
+    pollInFlight = true;
+    var url = '/api/events/?after=' + encodeURIComponent(lastId) + '&page_size=' + POLL_PAGE_SIZE;
+    D.api('GET', url).then(function (result) {
+      pollInFlight = false;
+      if (!polling) return;
+      if (result.status === 401 || result.status === 403) {
+        stopLive(CLOSE_UNAUTHENTICATED);
+        return;
+      }
+      if (!result.ok || !result.data) {
+        if (live.state === 'polling') setState('reconnecting');
+        schedulePoll(POLL_EVERY);
+        return;
+      }
+      if (!socket || socket.readyState !== WebSocket.OPEN) setState('polling');
+      (result.data.results || []).forEach(apply);
+      schedulePoll(result.data.next ? 0 : POLL_EVERY);
+    });
+  }
+
+  /** Live updates cannot go on without signing in again: say so and stop. */
+  function stopLive(code) {
+    stopped = true;
+    stopPolling();
+    clearTimers();
+    setState('offline', 'Live updates stopped: sign in again');
+    D.toast({
+      title: 'Live updates stopped',
+      description: code === CLOSE_UNAUTHENTICATED
+        ? 'Your session has ended. Reload the page to sign in again.'
+        : 'This address is not allowed to receive live updates.',
+      kind: 'warning',
+      timeout: 0
+    });
   }
 
   function clearTimers() {
@@ -116,7 +192,9 @@
       setState('offline', 'This device is offline: waiting for the network');
       return;
     }
-    setState(attempt === 0 && live.state !== 'reconnecting' ? 'connecting' : 'reconnecting');
+    if (live.state !== 'polling') {
+      setState(attempt === 0 && live.state !== 'reconnecting' ? 'connecting' : 'reconnecting');
+    }
     var ws;
     try {
       ws = new WebSocket(url());
@@ -129,6 +207,7 @@
     ws.onopen = function () {
       if (ws !== socket) return;
       lastMessageAt = Date.now();
+      stopPolling();
       setState('connected');
       stableTimer = window.setTimeout(function () { attempt = 0; }, STABLE_AFTER);
       pingTimer = window.setInterval(function () {
@@ -150,16 +229,7 @@
       socket = null;
       clearTimers();
       if (event.code === CLOSE_UNAUTHENTICATED || event.code === CLOSE_FORBIDDEN_ORIGIN) {
-        stopped = true;
-        setState('offline', 'Live updates stopped: sign in again');
-        D.toast({
-          title: 'Live updates stopped',
-          description: event.code === CLOSE_UNAUTHENTICATED
-            ? 'Your session has ended. Reload the page to sign in again.'
-            : 'This address is not allowed to receive live updates.',
-          kind: 'warning',
-          timeout: 0
-        });
+        stopLive(event.code);
         return;
       }
       scheduleRetry();
@@ -176,7 +246,10 @@
     var base = Math.min(BACKOFF_MAX, BACKOFF_MIN * Math.pow(2, attempt));
     var delay = Math.min(BACKOFF_MAX, Math.round(base * (0.5 + Math.random() * 0.5) + Math.random() * 250));
     attempt += 1;
-    setState('reconnecting', 'Reconnecting in ' + Math.ceil(delay / 1000) + ' s…');
+    if (attempt >= POLL_AFTER_FAILURES) startPolling();
+    if (live.state !== 'polling') {
+      setState('reconnecting', 'Reconnecting in ' + Math.ceil(delay / 1000) + ' s…');
+    }
     retryTimer = window.setTimeout(connect, delay);
   }
 
@@ -198,11 +271,14 @@
       else setState('offline', 'This device is offline: waiting for the network');
     });
     document.addEventListener('visibilitychange', function () {
-      if (document.visibilityState === 'visible' && retryTimer) reconnectSoon();
+      if (document.visibilityState !== 'visible') return;
+      if (retryTimer) reconnectSoon();
+      if (polling) schedulePoll(0);
     });
     window.addEventListener('pagehide', function () {
       stopped = true;
       clearTimers();
+      stopPolling();
       if (socket) socket.close(1000, 'page closed');
     });
     window.addEventListener('pageshow', function (event) {

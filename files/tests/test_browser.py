@@ -1,0 +1,542 @@
+"""The pages in a real browser: Debian's Chromium driven by Playwright.
+
+Against real daphne and Celery worker processes on the test database: sign in, upload
+through the file input and by drag and drop, watch rows change without a reload, read
+the uPlot charts, sort the anomalies, see a broken file's position, survive a restart
+of the web process, and fall back to polling when WebSockets fail. Screenshots go to
+`artifacts/screenshots/`.
+"""
+
+import json
+import os
+import re
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from conftest import Process, free_port, live_env, start_web, wait_for
+from files import services
+from files.models import AnomalyRule, File
+
+from .factories import (
+    METRIC_NAMES,
+    broken_bytes,
+    server_4_bytes,
+    upload,
+    user_create,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(settings.BASE_DIR) / "artifacts" / "screenshots"
+PASSWORD = "pw-test-123"  # factories.user_create's
+TIMEOUT_MS = 45_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="no /usr/bin/chromium (Debian's chromium package; .ci/run installs it)",
+    ),
+]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+
+
+# --- the browser ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def _sync_orm_under_playwright() -> Iterator[None]:
+    """Playwright's sync API keeps an asyncio loop marked running in this thread,
+    which Django's ORM reads as an async context; the tests' ORM calls are plain
+    synchronous code, so allow them for this module only."""
+    saved = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    yield
+    if saved is None:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = saved
+
+
+@pytest.fixture(scope="module")
+def browser(_sync_orm_under_playwright):
+    """Chromium for this module only: its event loop must not outlive these tests."""
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        expect.set_options(timeout=TIMEOUT_MS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+@pytest.fixture
+def account(rules):
+    return user_create()
+
+
+def screenshot(page, name: str, *, full_page: bool = True) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def sign_in(page, base_url: str, user) -> None:
+    """Through the login form, as a person would."""
+    page.goto(f"{base_url}/")
+    expect(page).to_have_url(f"{base_url}/login/?next=/")
+    page.get_by_label("Username", exact=True).fill(user.username)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{base_url}/")
+    expect(page.locator(".site-user__name")).to_have_text(user.username)
+    expect(page.locator("#conn")).to_have_attribute("data-state", "connected")
+
+
+def choose_file(page, tmp_path: Path, name: str, content: bytes) -> None:
+    """Upload through the page's file input."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    page.set_input_files("#upload-input", str(path))
+
+
+def row(page, name: str):
+    return page.locator("tr.file-row").filter(
+        has=page.locator("[data-role=name]", has_text=name)
+    )
+
+
+def mark_page(page) -> None:
+    """A marker that a reload would wipe out."""
+    page.evaluate("window.__notReloaded = true")
+
+
+def assert_not_reloaded(page) -> None:
+    assert page.evaluate("window.__notReloaded === true"), "the page was reloaded"
+
+
+# --- scenarios --------------------------------------------------------------------
+
+
+def test_upload_is_processed_live_and_charted(page, live_stack, account, tmp_path):
+    sign_in(page, live_stack.base_url, account)
+    mark_page(page)
+
+    choose_file(page, tmp_path, "server_4.json", server_4_bytes())
+    file_row = row(page, "server_4.json")
+    expect(file_row.locator("[data-role=status]")).to_have_text(
+        "processed", timeout=TIMEOUT_MS
+    )
+    expect(file_row.locator("[data-role=anomalies]")).to_have_text("27")
+    expect(file_row.locator("[data-role=records]")).to_have_text("9")
+    expect(file_row.locator("[data-role=kind]")).to_have_text("server_metrics")
+    expect(page.locator("#toasts .toast").first).to_be_visible()
+    assert_not_reloaded(page)
+    screenshot(page, "01-dashboard-processed")
+
+    file_row.locator("[data-role=name]").click()
+    cpu = page.locator("figure.chart[data-metric=cpu_usage]")
+    expect(cpu).to_have_attribute("data-state", "drawn")
+    expect(page.locator("figure.chart[data-state=drawn]")).to_have_count(7)
+    expect(cpu.locator(".uplot canvas")).to_have_count(1)
+    # Nine one-record buckets, every one of them above cpu_usage's 0-85 range.
+    expect(cpu).to_have_attribute("data-points", "9")
+    expect(cpu).to_have_attribute("data-anomaly-marks", "9")
+    expect(page.locator("figure.chart[data-metric=disk_read]")).to_have_attribute(
+        "data-anomaly-marks", "2"
+    )
+    drawn = page.evaluate(
+        """() => {
+          const chart = DwellFi.charts.find(c => c.metric === 'cpu_usage');
+          const canvas = chart.figure.querySelector('canvas');
+          const pixels = canvas.getContext('2d')
+            .getImageData(0, 0, canvas.width, canvas.height).data;
+          let painted = 0, red = 0;
+          for (let i = 0; i < pixels.length; i += 4) {
+            if (pixels[i + 3] > 0) painted++;
+            if (pixels[i + 3] > 200 && pixels[i] > 150 && pixels[i + 1] < 90
+                && pixels[i + 2] < 90) red++;
+          }
+          const marks = chart.plot.data[4].filter(v => v !== null);
+          return {painted, red, marks, means: chart.plot.data[3]};
+        }"""
+    )
+    assert drawn["painted"] > 1000
+    assert drawn["red"] > 50, "the anomaly marks are not drawn"
+    assert drawn["marks"] == [187, 276, 700, 320, 630, 340, 350, 860, 92]
+    assert drawn["means"][0] == 187
+    anomalies = page.locator("#anomalies-table tbody tr")
+    expect(anomalies).to_have_count(27)
+    screenshot(page, "02-file-page-charts")
+    cpu.screenshot(path=str(SCREENSHOTS / "02b-cpu-chart.png"))
+
+    # Drag across the chart: uPlot zooms in and offers a reset.
+    box = cpu.locator(".u-over").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(
+        box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2, steps=8
+    )
+    page.mouse.up()
+    expect(cpu).to_have_attribute("data-zoomed", "true")
+    reset = cpu.get_by_role("button", name="Reset zoom")
+    expect(reset).to_be_visible()
+    screenshot(page, "03-chart-zoomed", full_page=False)
+    reset.click()
+    expect(cpu).to_have_attribute("data-zoomed", "false")
+
+    # The anomalies sort by value, both ways.
+    page.locator("#anomalies-table thead a[data-sort=value]").click()
+    expect(page).to_have_url(re.compile(r"/f/\d+/\?sort=value#anomalies$"))
+    values = page.locator("#anomalies-table tbody tr td:nth-child(5)")
+    expect(values.first).to_have_text("92")
+    page.locator("#anomalies-table thead a[data-sort=value]").click()
+    expect(values.first).to_have_text("860")
+    expect(page.locator("#anomalies-table th[aria-sort=descending]")).to_have_count(1)
+
+
+def test_broken_file_fails_with_its_position(page, live_stack, account, tmp_path):
+    sign_in(page, live_stack.base_url, account)
+    choose_file(page, tmp_path, "broken.json", broken_bytes())
+    file_row = row(page, "broken.json")
+    expect(file_row.locator("[data-role=status]")).to_have_text(
+        "failed", timeout=TIMEOUT_MS
+    )
+    expect(file_row.locator("[data-role=error]")).to_contain_text("line 13, column 20")
+    screenshot(page, "04-dashboard-failed")
+
+    file_row.locator("[data-role=name]").click()
+    expect(page.locator("#failure")).to_be_visible()
+    expect(page.locator("[data-role=error-line]")).to_have_text("13")
+    expect(page.locator("[data-role=error-column]")).to_have_text("20")
+    screenshot(page, "05-file-page-failed")
+
+
+def test_drop_several_files_with_upload_progress(page, live_stack, account):
+    sign_in(page, live_stack.base_url, account)
+    mark_page(page)
+    page.evaluate(
+        """(text) => {
+          const transfer = new DataTransfer();
+          for (const name of ['dropped-1.json', 'dropped-2.json']) {
+            transfer.items.add(new File([text], name, {type: 'application/json'}));
+          }
+          const zone = document.getElementById('upload-form');
+          for (const type of ['dragenter', 'dragover', 'drop']) {
+            zone.dispatchEvent(new DragEvent(type, {
+              dataTransfer: transfer, bubbles: true, cancelable: true
+            }));
+          }
+        }""",
+        server_4_bytes().decode(),
+    )
+    expect(page.locator("#uploads .upload-item")).to_have_count(2)
+    expect(page.locator("#uploads .upload-item progress")).to_have_count(2)
+    for name in ("dropped-1.json", "dropped-2.json"):
+        expect(row(page, name).locator("[data-role=status]")).to_have_text(
+            "processed", timeout=TIMEOUT_MS
+        )
+    assert_not_reloaded(page)
+    screenshot(page, "06-dashboard-dropped")
+
+    # Filters and search are server-side query parameters.
+    page.get_by_label("Name", exact=True).fill("dropped-2")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("tr.file-row")).to_have_count(1)
+    expect(row(page, "dropped-2.json")).to_have_count(1)
+    page.get_by_label("Status", exact=True).select_option("failed")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("#files-empty")).to_contain_text("No file matches")
+
+
+def long_series_bytes(records: int) -> bytes:
+    """One record a minute; cpu_usage climbs 0..79 and spikes every 100th record."""
+    start = datetime(2024, 9, 19, tzinfo=UTC)
+    return json.dumps(
+        {
+            "server_id": "server_long",
+            "metrics": [
+                {
+                    "timestamp": (start + timedelta(minutes=n)).isoformat(),
+                    **dict.fromkeys(METRIC_NAMES, 10),
+                    "cpu_usage": 500 if n % 100 == 99 else n % 80,
+                }
+                for n in range(records)
+            ],
+        }
+    ).encode()
+
+
+def test_zooming_by_keyboard_fetches_finer_points(page, live_stack, account, tmp_path):
+    sign_in(page, live_stack.base_url, account)
+    choose_file(page, tmp_path, "long.json", long_series_bytes(3000))
+    file_row = row(page, "long.json")
+    expect(file_row.locator("[data-role=status]")).to_have_text(
+        "processed", timeout=TIMEOUT_MS
+    )
+    expect(file_row.locator("[data-role=anomalies]")).to_have_text("30")
+    file_row.locator("[data-role=name]").click()
+    cpu = page.locator("figure.chart[data-metric=cpu_usage]")
+    expect(cpu).to_have_attribute("data-state", "drawn")
+    coarse = int(cpu.get_attribute("data-points"))
+    assert 50 <= coarse < 3000
+    # Each of the 30 spikes is in a bucket of its own whose max is beyond the range.
+    expect(cpu).to_have_attribute("data-anomaly-marks", "30")
+
+    cpu.locator("[data-role=chart-canvas]").focus()
+    for _ in range(4):
+        page.keyboard.press("+")
+    expect(cpu).to_have_attribute("data-zoomed", "true")
+    page.wait_for_function(
+        "([metric, coarse]) => DwellFi.charts.find(c => c.metric === metric)"
+        ".data.points > coarse",
+        arg=["cpu_usage", coarse],
+    )
+    # Every chart zoomed with it, and the view kept its range while refining.
+    assert page.evaluate(
+        "DwellFi.charts.every(c => c.figure.dataset.zoomed === 'true')"
+    )
+    screenshot(page, "13-zoomed-finer-points", full_page=False)
+    page.keyboard.press("0")
+    expect(cpu).to_have_attribute("data-zoomed", "false")
+
+
+def test_file_page_actions_give_live_feedback(page, live_stack, account, tmp_path):
+    sign_in(page, live_stack.base_url, account)
+    choose_file(page, tmp_path, "actions.json", server_4_bytes())
+    file_row = row(page, "actions.json")
+    expect(file_row.locator("[data-role=status]")).to_have_text(
+        "processed", timeout=TIMEOUT_MS
+    )
+    file_row.locator("[data-role=name]").click()
+    status = page.locator("#summary [data-role=status]")
+    expect(status).to_have_text("processed")
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download").click()
+    assert download.value.suggested_filename == "actions.json"
+    expect(page.locator(".toast", has_text="Download started")).to_be_visible()
+
+    mark_page(page)
+    page.get_by_role("button", name="Process again").click()
+    expect(page.locator(".toast", has_text="Queued again")).to_be_visible()
+    # The page reloads itself with the new results once processing is over.
+    page.wait_for_function("window.__notReloaded !== true")
+    expect(status).to_have_text("processed")
+    expect(page.locator(".toast", has_text="File processed")).to_be_visible()
+
+    # Replace: a broken version, uploaded with PUT, fails with its position.
+    broken = tmp_path / "actions-v2.json"
+    broken.write_bytes(broken_bytes())
+    page.set_input_files("#replace-input", str(broken))
+    expect(page.locator(".toast", has_text="Replaced")).to_be_visible()
+    expect(page.locator("h1[data-role=name]")).to_have_text("actions-v2.json")
+    expect(page.locator("[data-role=error-line]")).to_have_text("13")
+    expect(status).to_have_text("failed")
+    screenshot(page, "12-file-page-replaced", full_page=False)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete").click()
+    expect(page).to_have_url(f"{live_stack.base_url}/")
+    expect(page.locator(".toast", has_text="File deleted")).to_be_visible()
+    expect(row(page, "actions-v2.json")).to_have_count(0)
+    assert not File.objects.filter(owner=account).exists()
+
+
+def test_phone_layout_is_readable(browser, live_stack, account, tmp_path):
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
+    context.set_default_timeout(TIMEOUT_MS)
+    phone = context.new_page()
+    try:
+        sign_in(phone, live_stack.base_url, account)
+        choose_file(phone, tmp_path, "server_4.json", server_4_bytes())
+        file_row = row(phone, "server_4.json")
+        expect(file_row.locator("[data-role=status]")).to_have_text(
+            "processed", timeout=TIMEOUT_MS
+        )
+        # No sideways scrolling: the table turned into one card per file.
+        assert phone.evaluate(
+            "document.documentElement.scrollWidth <= window.innerWidth"
+        )
+        screenshot(phone, "07-phone-dashboard", full_page=False)
+        phone.locator("#files-table").scroll_into_view_if_needed()
+        screenshot(phone, "07b-phone-dashboard-files", full_page=False)
+        file_row.locator("[data-role=name]").click()
+        expect(phone.locator("figure.chart[data-metric=cpu_usage]")).to_have_attribute(
+            "data-state", "drawn"
+        )
+        assert phone.evaluate(
+            "document.documentElement.scrollWidth <= window.innerWidth"
+        )
+        screenshot(phone, "08-phone-file-page", full_page=False)
+        phone.locator(
+            "figure.chart[data-metric=cpu_usage]"
+        ).scroll_into_view_if_needed()
+        screenshot(phone, "08b-phone-chart", full_page=False)
+    finally:
+        context.close()
+
+
+def test_falls_back_to_polling_when_websockets_fail(
+    page, live_stack, account, tmp_path
+):
+    # Every WebSocket fails as a proxy that drops them would make it fail.
+    page.add_init_script(
+        """
+        window.WebSocket = class {
+          static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
+          constructor(url) {
+            this.url = url; this.readyState = 0;
+            setTimeout(() => {
+              this.readyState = 3;
+              if (this.onerror) this.onerror(new Event('error'));
+              if (this.onclose) this.onclose({code: 1006, reason: ''});
+            }, 10);
+          }
+          send() {}
+          close() {}
+        };
+        """
+    )
+    page.goto(f"{live_stack.base_url}/login/")
+    page.get_by_label("Username", exact=True).fill(account.username)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#conn")).to_have_attribute("data-state", "polling")
+    mark_page(page)
+
+    choose_file(page, tmp_path, "polled.json", server_4_bytes())
+    file_row = row(page, "polled.json")
+    expect(file_row.locator("[data-role=status]")).to_have_text(
+        "processed", timeout=TIMEOUT_MS
+    )
+    expect(file_row.locator("[data-role=anomalies]")).to_have_text("27")
+    assert_not_reloaded(page)
+    screenshot(page, "09-dashboard-polling", full_page=False)
+
+
+# --- a web process of its own, to restart -------------------------------------------
+
+
+@dataclass
+class RestartableWeb:
+    """daphne on a fixed port, which a test may stop and start again."""
+
+    env: dict[str, str]
+    logdir: Path
+    port: int
+    process: Process
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def restart(self) -> None:
+        self.process = start_web(
+            self.env, self.logdir, self.port, name="own-web-restarted"
+        )
+
+
+@pytest.fixture
+def own_web(live_stack, tmp_path) -> Iterator[RestartableWeb]:
+    """A daphne for one test, beside the session's: stopping it disturbs no other
+    test. The session's worker (`live_stack`) processes the files."""
+    env = live_env(Path(settings.MEDIA_ROOT))
+    port = free_port()
+    web = RestartableWeb(env, tmp_path, port, start_web(env, tmp_path, port, "own-web"))
+    yield web
+    web.process.stop()
+
+
+def test_reconnects_and_catches_up_after_a_web_restart(page, own_web, account):
+    # The page records every state of the connection indicator, and its sockets.
+    page.add_init_script(
+        """
+        window.__connStates = [];
+        new MutationObserver(() => {
+          const conn = document.getElementById('conn');
+          if (!conn) return;
+          const state = conn.dataset.state;
+          if (window.__connStates[window.__connStates.length - 1] !== state) {
+            window.__connStates.push(state);
+          }
+        }).observe(document, {subtree: true, attributes: true,
+                              attributeFilter: ['data-state']});
+        """
+    )
+    sockets = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+
+    file = services.file_create(
+        owner=account, upload=upload(server_4_bytes(), "restart.json")
+    )
+    wait_for(
+        lambda: File.objects.get(pk=file.pk).status == File.Status.PROCESSED,
+        timeout=60,
+        what="the first processing",
+    )
+    sign_in(page, own_web.base_url, account)
+    mark_page(page)
+    file_row = row(page, "restart.json")
+    expect(file_row.locator("[data-role=anomalies]")).to_have_text("27")
+
+    own_web.process.stop(signal.SIGTERM)
+    expect(page.locator("#conn")).to_have_attribute("data-state", "reconnecting")
+    screenshot(page, "10-restart-reconnecting", full_page=False)
+
+    # While daphne is down: a wider cpu_usage range, and the file processed again.
+    AnomalyRule.objects.filter(metric="cpu_usage").update(max_value=1000)
+    services.file_reprocess(file=File.objects.get(pk=file.pk), by=account)
+    wait_for(
+        lambda: File.objects.get(pk=file.pk).anomaly_count == 18,
+        timeout=60,
+        what="processing while the web process is down",
+    )
+    cursor_before = int(page.evaluate("DwellFi.live.lastEventId"))
+    assert cursor_before > 0
+
+    own_web.restart()
+    expect(page.locator("#conn")).to_have_attribute(
+        "data-state", "connected", timeout=60_000
+    )
+    expect(file_row.locator("[data-role=anomalies]")).to_have_text("18")
+    expect(file_row.locator("[data-role=status]")).to_have_text("processed")
+    assert_not_reloaded(page)
+    screenshot(page, "11-restart-caught-up", full_page=False)
+
+    states = page.evaluate("window.__connStates")
+    first_connected = states.index("connected")
+    assert "reconnecting" in states[first_connected:]
+    assert states[-1] == "connected"
+    # Every socket after the first asked for the events after the page's cursor.
+    cursors = [int(re.search(r"after=(\d+)", url).group(1)) for url in sockets[1:]]
+    assert cursors and min(cursors) >= cursor_before, sockets
+    assert int(page.evaluate("DwellFi.live.lastEventId")) > cursor_before

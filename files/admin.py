@@ -1,13 +1,31 @@
 """Staff views of files, their results and the anomaly rules."""
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import DurationField, ExpressionWrapper, F, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+
+from notifications.models import Event
 
 from . import services
 from .models import Anomaly, AnomalyRule, File, RecordError
+
+
+def changelist_link(model, text: str, **filters: object) -> str:
+    """A link to the admin list of `model`, filtered."""
+    meta = model._meta
+    url = reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist")
+    query = "&".join(f"{key}={value}" for key, value in filters.items())
+    return format_html('<a href="{}?{}">{}</a>', url, query, text)
+
+
+def file_link(file_id: int | None) -> str:
+    """A link to a file's admin page, or a dash."""
+    if file_id is None:
+        return "–"
+    url = reverse("admin:files_file_change", args=[file_id])
+    return format_html('<a href="{}">file {}</a>', url, file_id)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -30,8 +48,8 @@ class FileAdmin(admin.ModelAdmin):
         "kind",
         "size",
         "record_count",
-        "invalid_record_count",
-        "anomaly_count",
+        "invalid_records",
+        "anomalies",
         "attempts",
         "created_at",
         "duration",
@@ -50,7 +68,7 @@ class FileAdmin(admin.ModelAdmin):
         "kind",
         "status",
         "progress",
-        "error",
+        "error_text",
         "summary",
         "record_count",
         "invalid_record_count",
@@ -62,6 +80,7 @@ class FileAdmin(admin.ModelAdmin):
         "updated_at",
         "started_at",
         "finished_at",
+        "duration",
         "results",
     ]
     fields = ["name", "declared_type", *readonly_fields]
@@ -69,24 +88,58 @@ class FileAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    @admin.display(description="duration")
+    def get_queryset(self, request: HttpRequest) -> QuerySet[File]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                processing_time=ExpressionWrapper(
+                    F("finished_at") - F("started_at"), output_field=DurationField()
+                )
+            )
+        )
+
+    @admin.display(description="duration", ordering="processing_time")
     def duration(self, file: File) -> str:
         if file.started_at and file.finished_at:
             return f"{(file.finished_at - file.started_at).total_seconds():.2f} s"
         return "–"
 
+    @admin.display(description="anomalies", ordering="anomaly_count")
+    def anomalies(self, file: File) -> str:
+        return changelist_link(
+            Anomaly, str(file.anomaly_count), file__id__exact=file.pk
+        )
+
+    @admin.display(description="invalid records", ordering="invalid_record_count")
+    def invalid_records(self, file: File) -> str:
+        return changelist_link(
+            RecordError, str(file.invalid_record_count), file__id__exact=file.pk
+        )
+
+    @admin.display(description="error")
+    def error_text(self, file: File) -> str:
+        return file.error_text or "–"
+
     @admin.display(description="results")
     def results(self, file: File) -> str:
-        return format_html(
-            '<a href="{}?file__id__exact={}">anomalies</a> · '
-            '<a href="{}?file__id__exact={}">validation errors</a> · '
-            '<a href="{}?file_id={}">events</a>',
-            reverse("admin:files_anomaly_changelist"),
-            file.pk,
-            reverse("admin:files_recorderror_changelist"),
-            file.pk,
-            reverse("admin:notifications_event_changelist"),
-            file.pk,
+        counts = [
+            (Anomaly, file.anomalies.count(), "anomalies", "file__id__exact"),
+            (
+                RecordError,
+                file.record_errors.count(),
+                "validation errors",
+                "file__id__exact",
+            ),
+            (Event, Event.objects.filter(file_id=file.pk).count(), "events", "file_id"),
+        ]
+        return format_html_join(
+            " · ",
+            "{}",
+            (
+                (changelist_link(model, f"{count} {label}", **{key: file.pk}),)
+                for model, count, label, key in counts
+            ),
         )
 
     @admin.action(description="Process selected files again")
@@ -97,11 +150,20 @@ class FileAdmin(admin.ModelAdmin):
             request, f"{queryset.count()} file(s) queued again.", messages.SUCCESS
         )
 
+    # Deleting goes through the service, as from the API: the stored bytes go too,
+    # and the owner's pages hear of it.
+    def delete_model(self, request: HttpRequest, obj: File) -> None:
+        services.file_delete(file=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[File]) -> None:
+        for file in queryset:
+            services.file_delete(file=file)
+
 
 @admin.register(Anomaly)
 class AnomalyAdmin(ReadOnlyAdmin):
     list_display = [
-        "file",
+        "file_name",
         "record_index",
         "server",
         "timestamp",
@@ -115,13 +177,21 @@ class AnomalyAdmin(ReadOnlyAdmin):
     list_select_related = ["file"]
     raw_id_fields = ["file"]
 
+    @admin.display(description="file", ordering="file")
+    def file_name(self, anomaly: Anomaly) -> str:
+        return format_html("{} ({})", file_link(anomaly.file_id), anomaly.file.name)
+
 
 @admin.register(RecordError)
 class RecordErrorAdmin(ReadOnlyAdmin):
-    list_display = ["file", "pointer", "message"]
+    list_display = ["file_name", "pointer", "message"]
     search_fields = ["pointer", "message", "file__name"]
     list_select_related = ["file"]
     raw_id_fields = ["file"]
+
+    @admin.display(description="file", ordering="file")
+    def file_name(self, error: RecordError) -> str:
+        return format_html("{} ({})", file_link(error.file_id), error.file.name)
 
 
 @admin.register(AnomalyRule)

@@ -3,18 +3,60 @@
 import json
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from notifications.models import Event
+from notifications.publisher import EVENT_NAMES
 
 from .models import METRICS, Anomaly, File, RecordError
+
+# The event types that are recorded (every type but the live-only `file.progress`).
+DURABLE_EVENT_TYPES = [name for name in EVENT_NAMES if name != "file.progress"]
+
+
+class FileErrorSerializer(serializers.Serializer):
+    """Why processing failed, and where (parts that are unknown are null)."""
+
+    message = serializers.CharField()
+    line = serializers.IntegerField(allow_null=True, help_text="1-based")
+    column = serializers.IntegerField(
+        allow_null=True, help_text="1-based, in characters"
+    )
+    offset = serializers.IntegerField(allow_null=True, help_text="0-based byte offset")
+    pointer = serializers.CharField(allow_null=True, help_text="JSON Pointer")
+
+
+@extend_schema_field(FileErrorSerializer)
+class FileErrorField(serializers.JSONField):
+    """The stored error object, documented with its parts."""
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": True,
+        "description": "What processing found: for `server_metrics` the servers, "
+        "counts, time span, min/max/mean per metric and anomalies per metric; for "
+        "`json` the top-level type, item or key count, depth and size; `{}` until "
+        "processed.",
+    }
+)
+class SummaryField(serializers.JSONField):
+    """The processing summary, a JSON object whose keys depend on the file's kind."""
+
+
+@extend_schema_field(OpenApiTypes.BINARY)
+class UploadField(serializers.FileField):
+    """A file part of a multipart request (documented as binary, not as a URL)."""
 
 
 class FileSerializer(serializers.ModelSerializer):
     """The file resource of the canonical API, also carried by every event."""
 
-    error = serializers.JSONField(read_only=True, allow_null=True)
-    summary = serializers.JSONField(read_only=True)
+    error = FileErrorField(read_only=True, allow_null=True)
+    summary = SummaryField(read_only=True)
 
     class Meta:
         model = File
@@ -50,20 +92,20 @@ def file_resource(file: File) -> dict[str, Any]:
 class FileUploadSerializer(serializers.Serializer):
     """A multipart upload: the file itself, and optionally the name to show."""
 
-    file = serializers.FileField(allow_empty_file=False)
+    file = UploadField(allow_empty_file=False)
     name = serializers.CharField(required=False, max_length=255)
 
 
 class SeedFileSerializer(serializers.ModelSerializer):
     """The seed system's file shape, kept for its clients."""
 
-    filename = serializers.CharField(source="name")
-    type = serializers.CharField(source="declared_type")
+    filename = serializers.CharField(source="name", read_only=True)
+    type = serializers.CharField(source="declared_type", read_only=True)
     is_processed = serializers.SerializerMethodField()
-    meta_data = serializers.JSONField(source="summary")
+    meta_data = SummaryField(source="summary", read_only=True)
     task_status = serializers.SerializerMethodField()
-    created_by_id = serializers.IntegerField(source="owner_id")
-    updated_by_id = serializers.IntegerField(allow_null=True)
+    created_by_id = serializers.IntegerField(source="owner_id", read_only=True)
+    updated_by_id = serializers.IntegerField(allow_null=True, read_only=True)
 
     class Meta:
         model = File
@@ -91,6 +133,18 @@ class SeedFileSerializer(serializers.ModelSerializer):
         return file.error_text if file.status == File.Status.FAILED else file.status
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "description": "A JSON object (sent as JSON text in its form part); "
+        "`filename` and `type` are used, other keys are ignored.",
+        "properties": {
+            "filename": {"type": "string", "description": "The name to show."},
+            "type": {"type": "string", "description": "The declared type."},
+        },
+        "example": {"filename": "server_4.json", "type": "application/json"},
+    }
+)
 class SeedFormField(serializers.JSONField):
     """The seed's JSON-in-a-form-field (`file_data_create_form`, `file_update_form`)."""
 
@@ -112,14 +166,14 @@ class SeedFormField(serializers.JSONField):
 class SeedUploadSerializer(serializers.Serializer):
     """`POST /files/uploadfile/`: multipart `file` and `file_data_create_form`."""
 
-    file = serializers.FileField(allow_empty_file=False)
+    file = UploadField(allow_empty_file=False)
     file_data_create_form = SeedFormField(required=False)
 
 
 class SeedUpdateSerializer(serializers.Serializer):
     """`PUT /files/updatefile/{id}`: optional `file` and `file_update_form`."""
 
-    file = serializers.FileField(required=False, allow_empty_file=False)
+    file = UploadField(required=False, allow_empty_file=False)
     file_update_form = SeedFormField(required=False)
 
 
@@ -144,15 +198,53 @@ class RecordErrorSerializer(serializers.ModelSerializer):
         fields = ["id", "pointer", "message"]
 
 
-class EventSerializer(serializers.ModelSerializer):
-    """A durable event exactly as the WebSocket sent it."""
+class FileAnomalySerializer(serializers.Serializer):
+    """The seed's `file_anomaly`: the error text, or the anomalies as text."""
 
-    class Meta:
-        model = Event
-        fields = ["message"]
+    file_id = serializers.IntegerField()
+    data = serializers.CharField()
+
+
+class EventSerializer(serializers.Serializer):
+    """A durable event exactly as the WebSocket sent it.
+
+    The fields document the message; the message itself is what is returned.
+    """
+
+    id = serializers.IntegerField(help_text="The user's cursor: pass it as `after`.")
+    type = serializers.ChoiceField(choices=DURABLE_EVENT_TYPES)
+    file_id = serializers.IntegerField(allow_null=True)
+    event_name = serializers.ChoiceField(
+        choices=sorted({EVENT_NAMES[t] for t in DURABLE_EVENT_TYPES}),
+        help_text="The seed's name.",
+    )
+    is_major = serializers.BooleanField(help_text="True for outcomes.")
+    status = serializers.ChoiceField(choices=File.Status.choices)
+    progress = serializers.FloatField(min_value=0, max_value=1)
+    file = FileSerializer(help_text="The file resource when the event was recorded.")
+    status_message = serializers.CharField()
+    file_anomaly = FileAnomalySerializer(
+        required=False, help_text="`file.failed` and `file.anomalies` only."
+    )
+    title = serializers.CharField(required=False, help_text="`notification` only.")
+    description = serializers.CharField(
+        required=False, help_text="`notification` only."
+    )
+    user_id = serializers.IntegerField(required=False, help_text="`notification` only.")
 
     def to_representation(self, event: Event) -> dict[str, Any]:
         return event.message
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error: `detail`, and for bad input the field errors under `errors`."""
+
+    detail = serializers.CharField()
+    errors = serializers.DictField(
+        required=False,
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="Field name (`non_field_errors` for none) to its messages; 400 only.",
+    )
 
 
 class MetricBucketSerializer(serializers.Serializer):

@@ -25,17 +25,21 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         response.data = {"detail": "Not found."}
     data = response.data
     if not (isinstance(data, dict) and "detail" in data):
-        response.data = {"detail": _first_message(data), "errors": data}
+        # `errors` is always field -> messages; errors of no field are DRF's
+        # `non_field_errors`.
+        errors = data if isinstance(data, dict) else {"non_field_errors": data}
+        response.data = {"detail": first_message(data), "errors": errors}
     return response
 
 
-def _first_message(data: Any, field: str = "") -> str:
+def first_message(data: Any, field: str = "") -> str:
+    """The first message of DRF error data, prefixed with its field's name."""
     if isinstance(data, dict):
         for key, value in data.items():
             name = key if key != "non_field_errors" else ""
-            return _first_message(value, name)
+            return first_message(value, name)
     if isinstance(data, list) and data:
-        return _first_message(data[0], field)
+        return first_message(data[0], field)
     return f"{field}: {data}" if field else str(data)
 
 

@@ -1,7 +1,7 @@
 """The seed system's routes, with its request and response shapes, for old clients."""
 
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
@@ -11,7 +11,12 @@ from rest_framework.views import APIView
 from .. import selectors, services
 from ..models import File
 from ..serializers import SeedFileSerializer, SeedUpdateSerializer, SeedUploadSerializer
-from .views import UploadThrottle
+from .schema import ApiSchema, multipart
+from .views import UploadThrottle, log_upload
+
+FILE_ID = OpenApiParameter(
+    "id", int, OpenApiParameter.PATH, description="The file's id."
+)
 
 
 def _own_file(request: Request, pk: int) -> File:
@@ -24,11 +29,12 @@ def _own_file(request: Request, pk: int) -> File:
 class SeedUploadView(APIView):
     """`POST /files/uploadfile/`: multipart `file`, optional `file_data_create_form`."""
 
+    schema = ApiSchema()
     parser_classes = [MultiPartParser, FormParser]
     throttle_classes = [UploadThrottle]
 
     @extend_schema(
-        request={"multipart/form-data": SeedUploadSerializer},
+        request=multipart(SeedUploadSerializer, "file"),
         responses={201: SeedFileSerializer},
     )
     def post(self, request: Request) -> Response:
@@ -41,11 +47,14 @@ class SeedUploadView(APIView):
             name=details.get("filename"),
             declared_type=details.get("type", ""),
         )
+        log_upload(file)
         return Response(SeedFileSerializer(file).data, status=status.HTTP_201_CREATED)
 
 
 class SeedFileListView(APIView):
     """`GET /files/files/`: the caller's files as a plain list."""
+
+    schema = ApiSchema()
 
     @extend_schema(responses=SeedFileSerializer(many=True))
     def get(self, request: Request) -> Response:
@@ -56,7 +65,9 @@ class SeedFileListView(APIView):
 class SeedFileDetailView(APIView):
     """`GET /files/files/{id}` and `GET /files/{id}`: one of the caller's files."""
 
-    @extend_schema(responses=SeedFileSerializer)
+    schema = ApiSchema()
+
+    @extend_schema(parameters=[FILE_ID], responses=SeedFileSerializer)
     def get(self, request: Request, pk: int) -> Response:
         return Response(SeedFileSerializer(_own_file(request, pk)).data)
 
@@ -64,11 +75,13 @@ class SeedFileDetailView(APIView):
 class SeedUpdateView(APIView):
     """`PUT /files/updatefile/{id}`: optional `file` and `file_update_form`."""
 
+    schema = ApiSchema()
     parser_classes = [MultiPartParser, FormParser]
     throttle_classes = [UploadThrottle]
 
     @extend_schema(
-        request={"multipart/form-data": SeedUpdateSerializer},
+        parameters=[FILE_ID],
+        request=multipart(SeedUpdateSerializer, "file"),
         responses={200: SeedFileSerializer},
     )
     def put(self, request: Request, pk: int) -> Response:
@@ -83,4 +96,6 @@ class SeedUpdateView(APIView):
             name=details.get("filename"),
             declared_type=details.get("type"),
         )
+        if form.validated_data.get("file") is not None:
+            log_upload(file, replaced=True)
         return Response(SeedFileSerializer(file).data)

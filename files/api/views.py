@@ -1,7 +1,15 @@
 """The canonical REST API under `/api/`: thin viewsets over the services."""
 
+import logging
+
 from django.http import FileResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -22,6 +30,17 @@ from ..serializers import (
     MetricSeriesSerializer,
     RecordErrorSerializer,
 )
+from .schema import ApiSchema, multipart
+
+logger = logging.getLogger(__name__)
+
+
+def log_upload(file: File, *, replaced: bool = False) -> None:
+    """The line that starts an upload's trail through the logs (request id, file id)."""
+    logger.info(
+        "file replaced" if replaced else "file uploaded",
+        extra={"file_id": file.pk, "size": file.size, "task_id": file.task_id},
+    )
 
 
 class UploadThrottle(UserRateThrottle):
@@ -30,6 +49,51 @@ class UploadThrottle(UserRateThrottle):
     scope = "uploads"
 
 
+ORDERING_FIELDS = [
+    "created_at",
+    "updated_at",
+    "name",
+    "size",
+    "status",
+    "record_count",
+    "anomaly_count",
+]
+
+
+@extend_schema_view(
+    list=extend_schema(
+        description="The caller's files, newest first, paginated.",
+        parameters=[
+            OpenApiParameter(
+                "status",
+                str,
+                enum=["", *File.Status.values],
+                description="Only files in this status (empty: any).",
+            ),
+            OpenApiParameter(
+                "kind",
+                str,
+                enum=["", *File.Kind.values],
+                description="Only files of this kind (empty: any).",
+            ),
+            OpenApiParameter(
+                "search", str, description="Part of the name, case-insensitive."
+            ),
+            OpenApiParameter(
+                "ordering",
+                str,
+                description="Sort by "
+                + ", ".join(f"`{name}`" for name in ORDERING_FIELDS)
+                + "; `-` in front for descending, several comma-separated. "
+                "Default `-created_at`.",
+            ),
+        ],
+    ),
+    retrieve=extend_schema(description="One of the caller's files."),
+    destroy=extend_schema(
+        description="Remove the file, its results and its stored bytes."
+    ),
+)
 class FileViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -38,18 +102,11 @@ class FileViewSet(
 ):
     """Upload JSON files, follow their processing and read what it found."""
 
+    schema = ApiSchema()
     serializer_class = FileSerializer
     filterset_fields = ["status", "kind"]
     search_fields = ["name"]
-    ordering_fields = [
-        "created_at",
-        "updated_at",
-        "name",
-        "size",
-        "status",
-        "record_count",
-        "anomaly_count",
-    ]
+    ordering_fields = ORDERING_FIELDS
     ordering = ["-created_at", "-id"]
     http_method_names = ["get", "post", "put", "delete", "head", "options"]
     # The only request bodies here are uploads.
@@ -66,7 +123,7 @@ class FileViewSet(
         return super().get_throttles()
 
     @extend_schema(
-        request={"multipart/form-data": FileUploadSerializer},
+        request=multipart(FileUploadSerializer, "file"),
         responses={201: FileSerializer},
     )
     def create(self, request: Request) -> Response:
@@ -78,10 +135,11 @@ class FileViewSet(
             upload=upload.validated_data["file"],
             name=upload.validated_data.get("name"),
         )
+        log_upload(file)
         return Response(FileSerializer(file).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
-        request={"multipart/form-data": FileUploadSerializer},
+        request=multipart(FileUploadSerializer, "file"),
         responses={200: FileSerializer},
     )
     def update(self, request: Request, pk: str | None = None) -> Response:
@@ -95,6 +153,7 @@ class FileViewSet(
             upload=upload.validated_data["file"],
             name=upload.validated_data.get("name", upload.validated_data["file"].name),
         )
+        log_upload(file, replaced=True)
         return Response(FileSerializer(file).data)
 
     def perform_destroy(self, instance: File) -> None:
@@ -135,16 +194,33 @@ class FileViewSet(
         query.is_valid(raise_exception=True)
         return Response(selectors.metric_series(file=file, **query.validated_data))
 
-    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(
+                OpenApiTypes.BINARY,
+                description="The bytes as uploaded (not necessarily valid JSON).",
+            )
+        },
+        parameters=[
+            OpenApiParameter(
+                "Content-Disposition",
+                str,
+                OpenApiParameter.HEADER,
+                response=[200],
+                description='`attachment; filename="…"` with the file\'s name.',
+            )
+        ],
+    )
     @action(detail=True, filter_backends=[])
     def download(self, request: Request, pk: str | None = None) -> FileResponse:
         """The original bytes, as an attachment."""
         file = self.get_object()
+        # Served as opaque bytes: a failed upload need not be JSON at all.
         return FileResponse(
             file.content.open("rb"),
             as_attachment=True,
             filename=file.name,
-            content_type="application/json",
+            content_type="application/octet-stream",
         )
 
     def _paginated(self, queryset, serializer_class) -> Response:
@@ -157,11 +233,22 @@ class FileViewSet(
 class EventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     """The caller's durable events after a cursor: catch-up without a socket."""
 
+    schema = ApiSchema()
     serializer_class = EventSerializer
     filter_backends = []
 
-    @extend_schema(parameters=[OpenApiParameter("after", int, description="cursor")])
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "after",
+                int,
+                description="Cursor: only events with a larger `id` (default 0).",
+            )
+        ]
+    )
     def list(self, request: Request) -> Response:
+        """The caller's durable events after `after`, oldest first, exactly as the
+        WebSocket sent them."""
         return super().list(request)
 
     def get_queryset(self):

@@ -1,0 +1,171 @@
+"""`manage.py upload FILE... --user NAME`: upload files as a user and print the outcome.
+
+Each file goes through `services.file_create`, the service behind the API's upload,
+so it is checked, stored and queued the same way. By default the command then waits
+for the workers to process every file (`--no-wait` returns once they are queued);
+`--sync` processes them in this process instead, which needs no worker. The exit
+status is non-zero when any file could not be read, was refused, failed or was not
+done in time.
+"""
+
+import mimetypes
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import UploadedFile
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+from rest_framework.exceptions import ValidationError
+
+from dwellfi.logging import new_request_id, request_id_var
+from files import services
+from files.api.errors import first_message
+from files.api.views import log_upload
+from files.models import File
+
+POLL_SECONDS = 0.2
+
+
+class Command(BaseCommand):
+    help = "Upload JSON files as a user, through the same service as the API."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("paths", nargs="+", metavar="FILE", type=Path)
+        parser.add_argument(
+            "--user", required=True, help="The username that will own the files."
+        )
+        parser.add_argument(
+            "--wait",
+            action="store_true",
+            default=True,
+            help="Wait until each file is processed or failed (the default).",
+        )
+        parser.add_argument(
+            "--no-wait",
+            action="store_false",
+            dest="wait",
+            help="Return once the files are queued for the workers.",
+        )
+        parser.add_argument(
+            "--sync",
+            action="store_true",
+            help="Process each file in this process instead of by a worker.",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=600.0,
+            help="Seconds to wait for the workers (default 600).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        # One request id for the run: the logs of every file it uploads carry it.
+        token = request_id_var.set(new_request_id())
+        try:
+            self._handle(**options)
+        finally:
+            request_id_var.reset(token)
+
+    def _handle(self, **options: Any) -> None:
+        owner = self._owner(options["user"])
+        waiting = options["wait"] and not options["sync"]
+        problems = 0
+        uploaded: list[tuple[Path, File]] = []
+        for path in options["paths"]:
+            file = self._upload(path, owner=owner, sync=options["sync"])
+            if file is None:
+                problems += 1
+            elif waiting:
+                uploaded.append((path, file))
+            else:
+                problems += not self._report(path, file, waited=options["sync"])
+        deadline = time.monotonic() + options["timeout"]
+        for path, file in uploaded:
+            problems += not self._report(path, self._wait(file, deadline), waited=True)
+        if problems:
+            total = len(options["paths"])
+            raise CommandError(f"{problems} of {total} files did not succeed.")
+
+    def _owner(self, username: str):
+        user = get_user_model().objects.filter(username=username).first()
+        if user is None:
+            raise CommandError(f"No user named {username!r}.")
+        return user
+
+    def _upload(self, path: Path, *, owner, sync: bool) -> File | None:
+        """Store one file (and process it when `sync`); None when it went nowhere."""
+        try:
+            handle = path.open("rb")
+            size = path.stat().st_size
+        except OSError as exc:
+            self._say(path, f"cannot read: {exc.strerror or exc}", ok=False)
+            return None
+        limit = settings.DWELLFI_MAX_UPLOAD_BYTES
+        with handle:
+            if size > limit:
+                self._say(path, f"refused: larger than {limit} bytes", ok=False)
+                return None
+            upload = UploadedFile(
+                handle,
+                name=path.name,
+                content_type=mimetypes.guess_type(path.name)[0] or "application/json",
+                size=size,
+            )
+            try:
+                if not sync:
+                    file = services.file_create(owner=owner, upload=upload)
+                    log_upload(file)
+                    return file
+                # One transaction: the task the upload enqueues is sent only after
+                # commit, when the file is final, so a worker finds nothing to do.
+                with transaction.atomic():
+                    file = services.file_create(owner=owner, upload=upload)
+                    log_upload(file)
+                    services.file_process(file_id=file.pk, task_id=file.task_id)
+            except ValidationError as exc:
+                self._say(path, f"refused: {first_message(exc.detail)}", ok=False)
+                return None
+        file.refresh_from_db()
+        return file
+
+    def _wait(self, file: File, deadline: float) -> File:
+        """The file once it is final, or as it is when the deadline passes."""
+        while not file.is_final and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            file.refresh_from_db()
+        return file
+
+    def _report(self, path: Path, file: File, *, waited: bool) -> bool:
+        """Print one file's outcome; whether it is a success."""
+        where = f"file {file.pk}"
+        if file.status == File.Status.PROCESSED:
+            found = f"kind {file.kind}"
+            if file.kind == File.Kind.SERVER_METRICS:
+                found = (
+                    f"{file.record_count} records, {file.anomaly_count} anomalies, "
+                    f"{file.invalid_record_count} invalid records"
+                )
+            self._say(path, f"{where} processed: {found}", ok=True)
+            return True
+        if file.status == File.Status.FAILED:
+            self._say(path, f"{where} failed: {file.error_text}", ok=False)
+            return False
+        if not waited:
+            self._say(path, f"{where} queued (task {file.task_id})", ok=True)
+            return True
+        self._say(
+            path,
+            f"{where} still {file.status}: no outcome in time (is a worker running? "
+            "--sync processes without one)",
+            ok=False,
+        )
+        return False
+
+    def _say(self, path: Path, text: str, *, ok: bool) -> None:
+        if ok:
+            self.stdout.write(f"{path}: {text}", self.style.SUCCESS)
+        else:
+            self.stderr.write(f"{path}: {text}", self.style.ERROR)

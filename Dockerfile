@@ -1,5 +1,11 @@
 # DwellFi's production image: daphne (web), Celery worker and beat all run from it;
 # docker-compose.yml chooses the command. Static files are collected at build time.
+# The browser libraries (uPlot) come from the npm registry, pinned by package-lock.json.
+FROM node:20-slim AS node-deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,6 +22,7 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
+COPY --from=node-deps /app/node_modules ./node_modules
 # The key only lets the settings load for collectstatic; it is never used at run time.
 RUN DJANGO_DEBUG=0 DJANGO_SECRET_KEY=collectstatic-only-build-key \
     DJANGO_ALLOWED_HOSTS=localhost \

@@ -6,17 +6,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# node_modules/ holds the browser libraries served as static files (uPlot).
+NODE_STAMP := node_modules/.installed
 PORT ?= 8000
 ARGS ?=
 
 .PHONY: run test lint fmt check-deploy clean
 
 # run: migrate, then daphne, a Celery worker and beat on http://127.0.0.1:$(PORT)
-run: $(STAMP)
+run: $(STAMP) $(NODE_STAMP)
 	PORT=$(PORT) exec $(BIN)/python -m dwellfi.devstack run
 
 # test: the whole suite; pytest arguments through ARGS="-k upload -x"
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	exec $(BIN)/python -m dwellfi.devstack test $(ARGS)
 
 lint: $(STAMP)
@@ -28,17 +30,21 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 
 # check-deploy: Django's deployment checks on production-like settings
-check-deploy: $(STAMP)
+check-deploy: $(STAMP) $(NODE_STAMP)
 	DJANGO_DEBUG=0 DJANGO_ALLOWED_HOSTS=dwellfi.example.com \
 	DJANGO_SECRET_KEY="$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 	$(BIN)/python manage.py check --deploy --fail-level WARNING
 
 # clean: local state and caches (the database and demo account under var/ too)
 clean:
-	rm -rf var staticfiles .pytest_cache .ruff_cache
+	rm -rf var staticfiles node_modules .pytest_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(NODE_STAMP): package-lock.json
+	npm ci --no-audit --no-fund
 	touch $@

@@ -272,3 +272,221 @@ def live_stack(
     yield LiveStack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", web, worker)
     worker.stop()
     web.stop()
+
+
+# --- private servers and process helpers for the fault-injection tests -------------
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process, from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return sorted(children)
+
+
+class RedisServer:
+    """A private redis-server on its own port that a test may kill and restart.
+
+    Nothing is persisted (`--save "" --appendonly no`): a restart loses every queued
+    message, like a crash of a Redis without persistence.
+    """
+
+    def __init__(self, logdir: Path, port: int | None = None) -> None:
+        self.logdir = logdir
+        self.port = port or free_port()
+        self.process: Process | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.starts += 1
+        self.process = start_process(
+            f"redis-{self.port}-{self.starts}",
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            dict(os.environ),
+            self.logdir,
+        )
+        wait_for(self.answers, timeout=10, what="redis", process=self.process)
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), 0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def output(self) -> str:
+        """The log of the current (or last) run."""
+        return self.process.output() if self.process is not None else ""
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, every message it held is gone."""
+        if self.process is not None:
+            self.process.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> Iterator[RedisServer]:
+    """A private Redis for one test, killed (by its pid) when the test ends."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+class GroupListener:
+    """Reads what the channel layer publishes to one user's group, straight from Redis.
+
+    Lets a test watch a worker's live events (progress included) without a web
+    process. Messages are msgpack, as RedisPubSubChannelLayer writes them.
+    """
+
+    def __init__(self, redis_url: str, user_id: int) -> None:
+        import threading
+
+        import msgpack
+        import redis
+
+        self.messages: list[dict] = []
+        self._lock = threading.Lock()
+        self._unpack = msgpack.unpackb
+        self._pubsub = redis.Redis.from_url(redis_url).pubsub(
+            ignore_subscribe_messages=True
+        )
+        self._pubsub.subscribe(**{f"asgi__group__user_{user_id}": self._handle})
+        self._thread = self._pubsub.run_in_thread(sleep_time=0.05, daemon=True)
+
+    def _handle(self, raw) -> None:
+        message = self._unpack(raw["data"])["message"]
+        with self._lock:
+            self.messages.append(message)
+
+    def seen(self, predicate) -> bool:
+        with self._lock:
+            return any(predicate(message) for message in self.messages)
+
+    def close(self) -> None:
+        self._thread.stop()
+        self._thread.join(timeout=5)
+        self._pubsub.close()
+
+
+class EventClient:
+    """A client of `/notification/events` that reads in a background thread.
+
+    Keeps every message it receives, in order; `closed` is set when the server
+    closes the socket or the connection breaks.
+    """
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        self.messages: list[dict] = []
+        self.opened = threading.Event()
+        self.closed = threading.Event()
+        self.error: Exception | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, args=(url,), daemon=True)
+        self._thread.start()
+        self.opened.wait(15)
+        if self.error is not None or not self.opened.is_set():
+            raise ConnectionError(f"cannot connect to {url}: {self.error}")
+
+    def _read(self, url: str) -> None:
+        import json
+
+        from websockets.sync.client import connect
+
+        try:
+            with connect(url, open_timeout=10, max_size=None) as ws:
+                self.ws = ws
+                self.opened.set()
+                for raw in ws:
+                    with self._lock:
+                        self.messages.append(json.loads(raw))
+        except Exception as exc:  # a broken connection ends the reading like a close
+            self.error = exc
+        finally:
+            self.closed.set()
+            self.opened.set()
+
+    def received(self) -> list[dict]:
+        with self._lock:
+            return list(self.messages)
+
+    def wait_for(self, predicate, timeout: float) -> bool:
+        """Whether `predicate(messages)` became true within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.received()):
+                return True
+            if self.closed.is_set():
+                return predicate(self.received())
+            time.sleep(0.05)
+        return False
+
+    def ping(self) -> None:
+        self.ws.send('{"type": "ping"}')
+
+    def close(self) -> None:
+        self.ws.close()
+        self._thread.join(timeout=5)
+
+
+def final_statuses(messages: list[dict]) -> dict[int, str]:
+    """Each file's status in the last durable event about it, by event id."""
+    statuses: dict[int, tuple[int, str]] = {}
+    for message in messages:
+        file_id, event_id = message.get("file_id"), message.get("id")
+        if file_id is None or event_id is None or "status" not in message:
+            continue
+        if file_id not in statuses or event_id > statuses[file_id][0]:
+            statuses[file_id] = (event_id, message["status"])
+    return {file_id: status for file_id, (_, status) in statuses.items()}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upload_throttle(settings) -> None:
+    """Each test counts its uploads afresh.
+
+    The throttle's history lives in the suite's Redis under the user's id, and ids
+    repeat from test to test (SQLite reuses them, a new test database restarts
+    them): without this a test could be refused for another test's uploads.
+    """
+    import uuid
+
+    settings.CACHES = {
+        "default": {
+            **settings.CACHES["default"],
+            "KEY_PREFIX": f"dwellfi-test-{uuid.uuid4().hex}",
+        }
+    }

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -48,7 +49,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "dwellfi.logging.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before anything reads the body: sizes it by what was received (413, chunked).
+    "files.uploads.RequestBodyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -92,25 +96,60 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 else:
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Under ASGI every request runs in a thread of its own, and a persistent
+    # connection per thread is one per concurrent request: 50 uploads at once used
+    # up PostgreSQL's 100 connections. A pool (psycopg_pool) bounds them per
+    # process; requests wait for a free connection instead of failing.
+    DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=10)
+    if DATABASE_POOL_SIZE:
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them instead
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": DATABASE_POOL_SIZE,
+            "timeout": 30,
+        }
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = env.int(
+            "DATABASE_CONN_MAX_AGE", default=60
+        )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis: one URL for the Celery broker, the channel layer and the upload throttle.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
+# Seconds to wait for Redis to accept a connection / answer. Short, so that with
+# Redis unreachable an upload still returns at once (the row stays queued and the
+# recovery job enqueues it later) instead of hanging on the OS's TCP timeouts.
+REDIS_CONNECT_TIMEOUT = 1
+REDIS_SOCKET_TIMEOUT = 2
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": env.list("CHANNEL_REDIS_URLS", default=[REDIS_URL])},
+        "CONFIG": {
+            "hosts": [
+                {
+                    "address": url,
+                    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+                    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                }
+                for url in env.list("CHANNEL_REDIS_URLS", default=[REDIS_URL])
+            ]
+        },
     }
 }
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        # Fails open: the upload throttle must not turn a Redis outage into 500s.
+        "BACKEND": "dwellfi.cache.FailOpenRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "dwellfi",
+        "OPTIONS": {
+            "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+            "socket_timeout": REDIS_SOCKET_TIMEOUT,
+        },
     }
 }
 
@@ -124,15 +163,32 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("DWELLFI_TASK_SOFT_TIME_LIMIT", default=25 * 60)
 CELERY_TASK_TIME_LIMIT = env.int("DWELLFI_TASK_TIME_LIMIT", default=30 * 60)
+DWELLFI_VISIBILITY_TIMEOUT = env.int(
+    "DWELLFI_VISIBILITY_TIMEOUT", default=CELERY_TASK_TIME_LIMIT + 10 * 60
+)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env.int(
-        "DWELLFI_VISIBILITY_TIMEOUT", default=CELERY_TASK_TIME_LIMIT + 10 * 60
-    ),
-    "socket_connect_timeout": 5,
-    "socket_timeout": 10,
+    "visibility_timeout": DWELLFI_VISIBILITY_TIMEOUT,
+    # A message whose worker died (kill -9, lost machine) goes back to the queue
+    # once it is older than the visibility timeout; kombu only looks every
+    # interval x throttle seconds (100 s by default): scan every sweep instead.
+    "unacked_restore_interval": min(10, max(1, DWELLFI_VISIBILITY_TIMEOUT // 10)),
+    "unacked_restore_throttle": 1,
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+    "socket_timeout": REDIS_SOCKET_TIMEOUT,
 }
+if not (
+    CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT < DWELLFI_VISIBILITY_TIMEOUT
+):
+    # Otherwise a long task is handed to a second worker while the first still runs.
+    raise ImproperlyConfigured(
+        "DWELLFI_TASK_SOFT_TIME_LIMIT < DWELLFI_TASK_TIME_LIMIT < "
+        "DWELLFI_VISIBILITY_TIMEOUT must hold"
+    )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_TASK_TRACK_STARTED = True
+# No STARTED row in the results table: writing it runs before the task body, so with
+# the database down the task would die there (acked, never retried). The file row
+# says when processing started.
+CELERY_TASK_TRACK_STARTED = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
@@ -157,7 +213,11 @@ MEDIA_ROOT = env.path("DWELLFI_MEDIA_ROOT", default=VAR_DIR / "media")
 MEDIA_URL = "/media/"
 STATIC_URL = "/static/"
 STATIC_ROOT = env.path("DWELLFI_STATIC_ROOT", default=BASE_DIR / "staticfiles")
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    # uPlot, installed from the npm registry by `npm ci` (package-lock.json).
+    ("vendor/uplot", BASE_DIR / "node_modules/uplot/dist"),
+]
 _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 if env.str("DWELLFI_S3_BUCKET", default=""):
     _default_storage = {
@@ -248,13 +308,24 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 
+# One JSON object a line, stamped with request, task and file ids (dwellfi/logging.py);
+# the web and the worker (Celery keeps this configuration) log the same way.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    "filters": {"context": {"()": "dwellfi.logging.ContextFilter"}},
+    "formatters": {"json": {"()": "dwellfi.logging.JsonFormatter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "filters": ["context"],
+        }
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", "INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        # Django's own console handler (DEBUG only) would print its lines twice.
+        "django": {"handlers": [], "level": "INFO"},
+        "django.channels.server": {"level": "WARNING"},
+    },
 }

@@ -4,15 +4,26 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from dwellfi import health
 from files import views as pages
 from files.api.urls import api_urlpatterns, seed_urlpatterns
 
 urlpatterns = [
     path("", pages.home, name="home"),
     path("f/<int:pk>/", pages.file_page, name="file-page"),
-    path("healthz", pages.healthz, name="healthz"),
+    path("healthz", health.healthz, name="healthz"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path(
+        "password/",
+        auth_views.PasswordChangeView.as_view(),
+        name="password_change",
+    ),
+    path(
+        "password/done/",
+        auth_views.PasswordChangeDoneView.as_view(),
+        name="password_change_done",
+    ),
     path("api/", include(api_urlpatterns)),
     path("api-auth/", include("rest_framework.urls")),
     path("files/", include(seed_urlpatterns)),

@@ -4,6 +4,7 @@ import uuid
 from pathlib import PurePosixPath
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
@@ -206,3 +207,19 @@ class AnomalyRule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.metric}: {self.min_value:g}–{self.max_value:g}"
+
+    def clean(self) -> None:
+        """The range's own error on the field, before the database's constraint."""
+        if (
+            self.min_value is not None
+            and self.max_value is not None
+            and self.min_value > self.max_value
+        ):
+            raise ValidationError(
+                {
+                    "max_value": (
+                        f"The maximum ({self.max_value:g}) must not be below the "
+                        f"minimum ({self.min_value:g})."
+                    )
+                }
+            )

@@ -108,3 +108,44 @@ def metric_series(
             for b in buckets
         ],
     }
+
+
+def file_search(
+    *,
+    user: AbstractBaseUser,
+    status: str = "",
+    kind: str = "",
+    query: str = "",
+) -> QuerySet[File]:
+    """The user's files, newest first, narrowed by status, kind and a name search.
+
+    Empty or unknown values narrow nothing, so a stale link still shows files.
+    """
+    files = file_list(user=user)
+    if status in File.Status.values:
+        files = files.filter(status=status)
+    if kind in File.Kind.values:
+        files = files.filter(kind=kind)
+    if query.strip():
+        files = files.filter(name__icontains=query.strip())
+    return files
+
+
+ANOMALY_SORTS = {
+    "record": ("record_index", "id"),
+    "server": ("server", "record_index", "id"),
+    "timestamp": ("timestamp", "record_index", "id"),
+    "metric": ("metric", "record_index", "id"),
+    "value": ("value", "record_index", "id"),
+}
+
+
+def anomaly_list_sorted(*, file: File, sort: str = "") -> tuple[QuerySet[Anomaly], str]:
+    """The file's anomalies ordered by `sort` (a key of ANOMALY_SORTS, `-` for
+    descending), and the sort applied: an unknown one falls back to record order."""
+    key = sort.removeprefix("-")
+    if key not in ANOMALY_SORTS:
+        return anomaly_list(file=file).order_by(*ANOMALY_SORTS["record"]), "record"
+    descending = sort.startswith("-")
+    fields = [f"-{f}" if descending else f for f in ANOMALY_SORTS[key]]
+    return anomaly_list(file=file).order_by(*fields), sort

@@ -154,6 +154,10 @@ class SeedFormField(serializers.JSONField):
                 data = json.loads(data)
             except ValueError as exc:
                 raise serializers.ValidationError(f"Not valid JSON: {exc}") from exc
+            except RecursionError as exc:
+                raise serializers.ValidationError(
+                    "Not valid JSON: nested too deeply"
+                ) from exc
         if not isinstance(data, dict):
             raise serializers.ValidationError("Expected a JSON object.")
         return {

@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -46,6 +47,14 @@ class Superseded(Exception):
     """The file changed hands (replaced, reprocessed or deleted) during processing."""
 
 
+class Busy(Exception):
+    """Another connection holds this file's processing lock: try again shortly.
+
+    Either a second delivery of a task that is still running, or a killed worker
+    whose database session has not been ended yet.
+    """
+
+
 # --- uploads -----------------------------------------------------------------------
 
 
@@ -73,10 +82,20 @@ def _store(upload: UploadedFile, file: File) -> None:
     file.sha256 = digest.hexdigest()
 
 
+# Bidirectional formatting characters: "invoice\u202efdp.json" would show as
+# "invoicenosj.pdf".
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e")
+BIDI_CONTROLS |= frozenset("\u2066\u2067\u2068\u2069")
+
+
 def _display_name(name: str) -> str:
-    """The client's filename as a display string: no NUL, no path, bounded length."""
-    cleaned = name.replace("\x00", "").replace("\\", "/").rsplit("/", 1)[-1].strip()
-    return (cleaned or "upload.json")[:255]
+    """The client's filename as a display string: no path, no control or bidi
+    characters (they could break a header or disguise the name), bounded length."""
+    visible = "".join(
+        c for c in name if c not in BIDI_CONTROLS and unicodedata.category(c) != "Cc"
+    )
+    cleaned = visible.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return (cleaned if cleaned not in ("", ".", "..") else "upload.json")[:255]
 
 
 def file_create(
@@ -183,7 +202,9 @@ def enqueue(*, file_id: int, task_id: str) -> bool:
     """Send the processing task; when the broker is down the row stays queued.
 
     The periodic recovery job enqueues it again later, so a failure here is logged,
-    never raised into the upload request.
+    never raised into the upload request. One quick retry covers a pooled connection
+    that went stale (Redis restarted); the broker's short connect and socket timeouts
+    (settings) bound the wait when Redis is unreachable to a couple of seconds.
     """
     try:
         current_app.send_task(
@@ -192,9 +213,10 @@ def enqueue(*, file_id: int, task_id: str) -> bool:
             task_id=task_id,
             retry=True,
             retry_policy={
-                "max_retries": 2,
-                "interval_start": 0.1,
-                "interval_step": 0.5,
+                "max_retries": 1,
+                "interval_start": 0,
+                "interval_step": 0.2,
+                "interval_max": 0.2,
             },
         )
     except Exception:
@@ -290,7 +312,8 @@ def file_process(*, file_id: int, task_id: str) -> File | None:
 
     Safe to run again for the same task (a redelivered message): results are
     written in one transaction that first removes the previous ones. A message whose
-    task id is no longer the file's (replaced, reprocessed) does nothing.
+    task id is no longer the file's (replaced, reprocessed) does nothing. Raises
+    Busy when another session still holds the file's lock.
     """
     file = _claim(file_id=file_id, task_id=task_id)
     if file is None or file.status != File.Status.PROCESSING:
@@ -298,8 +321,7 @@ def file_process(*, file_id: int, task_id: str) -> File | None:
     try:
         with transaction.atomic():
             if not _lock_processing(file_id):
-                # Another worker runs this very task (a redelivery while it is alive).
-                return None
+                raise Busy
             outcome = _run_engine(file)
             current = _current(file_id=file_id, task_id=task_id)
             current.kind = outcome.kind
@@ -345,11 +367,16 @@ def file_fail(
 
 
 def _claim(*, file_id: int, task_id: str) -> File | None:
-    """Mark the file processing for this task, counting the attempt."""
+    """Mark the file processing for this task, counting the attempt.
+
+    Raises Busy, counting nothing, while another session holds the file's lock.
+    """
     with transaction.atomic():
         file = File.objects.select_for_update().filter(pk=file_id).first()
         if file is None or file.task_id != task_id or file.is_final:
             return file
+        if not _lock_processing(file_id):
+            raise Busy
         if file.attempts >= settings.DWELLFI_MAX_ATTEMPTS:
             message = (
                 f"Gave up after {file.attempts} attempts: processing never finished "

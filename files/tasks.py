@@ -2,6 +2,7 @@
 
 import logging
 
+import psycopg
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -12,8 +13,18 @@ from . import services
 
 logger = logging.getLogger(__name__)
 
-# Failures worth another try: the database or the broker went away for a moment.
-TRANSIENT = (OperationalError, InterfaceError, BrokerError, ConnectionError)
+# Failures worth another try: the database or the broker went away for a moment, or
+# another session still holds the file. psycopg's own errors come from the COPY,
+# which runs on the raw cursor outside Django's error wrapping.
+TRANSIENT = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    BrokerError,
+    ConnectionError,
+    services.Busy,
+)
 
 
 @shared_task(bind=True, max_retries=5, acks_late=True)

@@ -1,7 +1,11 @@
-"""Upload handling that enforces DWELLFI_MAX_UPLOAD_BYTES while the body streams in."""
+"""Upload handling that enforces DWELLFI_MAX_UPLOAD_BYTES, whatever the headers say."""
+
+import os
 
 from django.conf import settings
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework import status
 from rest_framework.exceptions import APIException
 
@@ -43,3 +47,41 @@ class LimitedTemporaryFileUploadHandler(TemporaryFileUploadHandler):
             self.file.close()
             raise UploadTooLarge()
         return super().receive_data_chunk(raw_data, start)
+
+
+class RequestBodyMiddleware:
+    """Sizes a request body by what was received, not by its Content-Length.
+
+    Under ASGI the whole body has arrived (spooled by Django) before any view runs.
+    A body over the limit is refused with 413 before anything parses it. A body
+    sent without Content-Length (chunked) gets its real length: Django's multipart
+    parser reads nothing without one, so such an upload would otherwise look empty.
+    (daphne itself holds a body in memory whatever its size: put a limit in the
+    proxy in front of it too, e.g. nginx's client_max_body_size.)
+    """
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        size = _received_size(request)
+        if size is not None:
+            if size > settings.DWELLFI_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD:
+                return JsonResponse(
+                    {"detail": str(UploadTooLarge().detail)},
+                    status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                )
+            if size and not request.META.get("CONTENT_LENGTH"):
+                request.META["CONTENT_LENGTH"] = str(size)
+        return self.get_response(request)
+
+
+def _received_size(request: HttpRequest) -> int | None:
+    """The size of the body the server handed over; None when it cannot be known."""
+    if not isinstance(request, ASGIRequest):
+        return None  # WSGI: the stream is the socket, bounded by Content-Length
+    stream = request._stream  # Django's spooled copy of the whole body
+    position = stream.tell()
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(position)
+    return size

@@ -26,7 +26,8 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
     or with `?token=KEY` (clients). `?after=ID` replays every durable event after ID;
     without it the first message is a `snapshot`. Live events that arrive out of
     sequence make the consumer fill the gap from the database, so a message the
-    channel layer dropped is still delivered when the next one comes.
+    channel layer dropped is still delivered when the next one comes, or at the
+    client's next ping.
     """
 
     async def connect(self) -> None:
@@ -56,8 +57,14 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        """Clients may send `{"type": "ping"}`; anything else is ignored."""
+        """Clients may send `{"type": "ping"}`; anything else is ignored.
+
+        A ping first catches up from the database: a user's last events may have
+        been dropped by the channel layer (Redis restarted, a subscriber it cut
+        off), and with no later event to reveal the gap only this finds them.
+        """
         if isinstance(content, dict) and content.get("type") == "ping":
+            await self._replay()
             await self.send_json({"type": "pong", "file_id": None})
 
     async def event_message(self, event: dict[str, Any]) -> None:

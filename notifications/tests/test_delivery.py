@@ -1,0 +1,378 @@
+"""Delivery over real sockets: real daphne, the real Redis channel layer, real clients.
+
+Who may connect, who receives what, and what a client ends with after it
+disconnects, stops reading, or is cut off by Redis.
+
+The channel layer is channels-redis' RedisPubSubChannelLayer. It has no
+per-channel `capacity` (that belongs to the list-based RedisChannelLayer, 100
+messages by default, beyond which it drops): each subscriber's messages wait in
+an unbounded in-process queue, then in daphne's and the kernel's socket buffers.
+What does bound it is Redis' `client-output-buffer-limit pubsub` (32 MB hard, 8 MB
+for 60 s by default): a subscriber that falls that far behind is disconnected and
+its messages are gone. The tests below drive both cases for real; the last one
+checks, in process, the consumer's answer to such a loss.
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+from rest_framework.authtoken.models import Token
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from conftest import (
+    EventClient,
+    final_statuses,
+    free_port,
+    live_env,
+    start_web,
+    wait_for,
+)
+from dwellfi.asgi import application
+from files import services
+from files.models import File
+from files.tests.factories import server_4_bytes, upload, user_create
+from notifications import publisher
+from notifications.models import Event
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+PATH = "/notification/events"
+
+
+def token_for(user) -> str:
+    return Token.objects.create(user=user).key
+
+
+def closed_with(url: str, **options) -> int:
+    """The close code of a connection the server accepts and then closes."""
+    with connect(url, open_timeout=10, **options) as ws:
+        try:
+            ws.recv(timeout=10)
+        except ConnectionClosed as closed:
+            return closed.rcvd.code
+    raise AssertionError("the server sent a message instead of closing")
+
+
+def upload_http(base_url: str, token: str, name: str) -> int:
+    response = httpx.post(
+        f"{base_url}/api/files/",
+        headers={"Authorization": f"Token {token}"},
+        files={"file": (name, server_4_bytes(), "application/json")},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def pong(messages: list[dict]) -> bool:
+    return any(m["type"] == "pong" for m in messages)
+
+
+def durable(messages: list[dict]) -> list[dict]:
+    return [m for m in messages if "id" in m]
+
+
+def at_least(count: int):
+    return lambda messages: len(durable(messages)) >= count
+
+
+def stored_messages(user, after: int = 0) -> list[dict]:
+    return [
+        event.message
+        for event in Event.objects.filter(user=user, seq__gt=after).order_by("seq")
+    ]
+
+
+def all_final(file_ids) -> bool:
+    return all(File.objects.get(pk=pk).is_final for pk in file_ids)
+
+
+# --- who may connect ---------------------------------------------------------------
+
+
+def test_daphne_refuses_anonymous_bad_token_and_foreign_origin(live_stack, user):
+    """The same rules as the consumer tests, through daphne and a real client."""
+    url = f"{live_stack.ws_url}{PATH}"
+    assert closed_with(url) == 4401
+    assert closed_with(f"{url}?token=not-a-token") == 4401
+    assert closed_with(f"{url}?user_id={user.pk}") == 4401
+
+    browser = Client()
+    browser.force_login(user)
+    cookie = {"Cookie": f"sessionid={browser.cookies['sessionid'].value}"}
+    assert (
+        closed_with(url, origin="https://evil.example", additional_headers=cookie)
+        == 4403
+    )
+    assert closed_with(url, additional_headers=cookie) == 4403  # no Origin at all
+    with connect(
+        url, origin=live_stack.base_url, additional_headers=cookie, open_timeout=10
+    ) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "snapshot"
+
+
+# --- who receives what -------------------------------------------------------------
+
+
+def test_two_users_with_many_files_never_see_each_others_events(live_stack, rules):
+    """Two users, two sockets each, eight files each uploaded concurrently.
+
+    Every socket ends with all of its own user's events, in order, each file
+    final, and not one message about the other user's files.
+    """
+    users = [user_create(), user_create()]
+    tokens = [token_for(u) for u in users]
+    clients = {
+        i: [
+            EventClient(f"{live_stack.ws_url}{PATH}?token={tokens[i]}&after=0"),
+            EventClient(f"{live_stack.ws_url}{PATH}?token={tokens[i]}"),
+        ]
+        for i in range(2)
+    }
+    file_ids: dict[int, list[int]] = {0: [], 1: []}
+
+    def upload_many(i: int) -> None:
+        for n in range(8):
+            file_ids[i].append(
+                upload_http(live_stack.base_url, tokens[i], f"u{i}-{n}.json")
+            )
+
+    threads = [threading.Thread(target=upload_many, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    wait_for(lambda: all_final(file_ids[0] + file_ids[1]), timeout=60, what="files")
+
+    for i, user in enumerate(users):
+        expected = stored_messages(user)
+        own = set(file_ids[i])
+        for client in clients[i]:
+            assert client.wait_for(at_least(len(expected)), timeout=15)
+            client.close()
+            received = client.received()
+            assert {m["file_id"] for m in received if m["file_id"]} <= own
+            assert all(
+                m.get("user_id", user.pk) == user.pk
+                for m in received
+                if m["type"] == "notification"
+            )
+            assert final_statuses(received) == {pk: "processed" for pk in own}
+        with_replay, with_snapshot = (c.received() for c in clients[i])
+        assert durable(with_replay) == expected
+        assert with_snapshot[0]["type"] == "snapshot"
+        snapshot_cursor = with_snapshot[0]["last_event_id"]
+        assert durable(with_snapshot) == expected[snapshot_cursor:]
+
+
+# --- what a client ends with -------------------------------------------------------
+
+
+def test_a_client_that_reconnects_with_after_gets_exactly_what_it_missed(
+    live_stack, user, rules
+):
+    """Disconnect, miss the events of three uploads, reconnect with `?after=`.
+
+    The replay holds exactly the missed events — the same messages, ids
+    contiguous from the cursor, no gap, no duplicate — and live events follow.
+    """
+    token = token_for(user)
+    url = f"{live_stack.ws_url}{PATH}?token={token}"
+    first = EventClient(f"{url}&after=0")
+    file_id = upload_http(live_stack.base_url, token, "seen.json")
+    assert first.wait_for(
+        lambda ms: any(
+            m["type"] == "notification" and m["file_id"] == file_id for m in ms
+        ),
+        timeout=30,
+    )
+    first.close()
+    cursor = max(m["id"] for m in durable(first.received()))
+
+    missed = [
+        upload_http(live_stack.base_url, token, f"missed-{n}.json") for n in range(3)
+    ]
+    wait_for(lambda: all_final(missed), timeout=30, what="missed files")
+
+    again = EventClient(f"{url}&after={cursor}")
+    again.ping()
+    assert again.wait_for(pong, timeout=10)
+    replayed = durable(again.received())
+    assert replayed == stored_messages(user, after=cursor)
+    assert [m["id"] for m in replayed] == list(
+        range(cursor + 1, cursor + 1 + len(replayed))
+    )
+    assert {m["file_id"] for m in replayed} == set(missed)
+    assert final_statuses(replayed) == {pk: "processed" for pk in missed}
+
+    live = upload_http(live_stack.base_url, token, "live.json")
+    assert again.wait_for(
+        lambda ms: any(
+            m["type"] == "notification" and m["file_id"] == live for m in ms
+        ),
+        timeout=30,
+    )
+    again.close()
+    ids = [m["id"] for m in durable(again.received())]
+    assert ids == list(range(cursor + 1, cursor + 1 + len(ids)))
+
+
+def many_servers_bytes(servers: int) -> bytes:
+    """An export of many servers, one record each: each outcome event carries a
+    summary listing every server, about 150 bytes apiece."""
+    documents = [
+        {
+            "server_id": f"server-{n:04d}",
+            "server_name": f"web-server-{n:04d}.eu-west.dwellfi.example",
+            "location": f"data-center-{n % 7}, rack {n:04d}",
+            "metrics": [
+                {"timestamp": "2024-09-19T10:00:00Z", "cpu_usage": 50, "disk_read": 9}
+            ],
+        }
+        for n in range(servers)
+    ]
+    return json.dumps(documents).encode()
+
+
+def process_in_process(owner, count: int, content: bytes | None = None) -> list[int]:
+    """Upload and process files in this process, as a worker would.
+
+    Their events reach the daphne under test through the shared Redis.
+    """
+    file_ids = []
+    for _ in range(count):
+        file = services.file_create(
+            owner=owner, upload=upload(content or server_4_bytes())
+        )
+        services.file_process(file_id=file.pk, task_id=file.task_id)
+        file_ids.append(file.pk)
+    return file_ids
+
+
+@pytest.fixture
+def no_broker(monkeypatch) -> None:
+    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+
+
+def test_a_client_that_stops_reading_gets_every_event_when_it_resumes(
+    live_stack, user, rules, no_broker
+):
+    """A client that reads nothing while 300 events (three times channels-redis'
+    default capacity of 100) are sent to it.
+
+    With the pub/sub layer nothing is dropped: the messages wait in daphne and
+    the socket buffers, and when the client reads again it gets all of them, in
+    order, and every file's final status.
+    """
+    token = token_for(user)
+    with connect(
+        f"{live_stack.ws_url}{PATH}?token={token}&after=0",
+        open_timeout=10,
+        max_queue=4,  # the client's reader stops taking frames off the socket
+    ) as ws:
+        ws.send('{"type": "ping"}')
+        assert json.loads(ws.recv(timeout=10))["type"] == "pong"
+        file_ids = process_in_process(user, 60)
+        time.sleep(1)  # everything is sent meanwhile, nothing read
+        expected = stored_messages(user)
+        assert len(expected) == 300
+        received = []
+        while len(received) < len(expected):
+            message = json.loads(ws.recv(timeout=15))
+            if "id" in message:
+                received.append(message)
+    assert received == expected
+    assert final_statuses(received) == {pk: "processed" for pk in file_ids}
+
+
+def test_a_subscriber_redis_cuts_off_still_ends_with_the_final_state(
+    redis_server, user, rules, no_broker, settings, tmp_path
+):
+    """Redis disconnects a subscriber that falls behind its pub/sub output buffer
+    limit, and what it held is lost. Here the limit is 64 KB and daphne is frozen
+    (SIGSTOP) while 20 files of 1,000 servers each are processed — megabytes of
+    events, more than the kernel's socket buffers take in; after SIGCONT its
+    channel layer reconnects and resubscribes.
+
+    The client then ends with every event exactly once: the client's ping makes
+    the consumer replay what the layer lost, and live events flow again.
+    """
+    client = redis_server.client()
+    client.config_set("client-output-buffer-limit", "pubsub 65536 32768 1")
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [redis_server.url]},
+        }
+    }
+    env = {**live_env(settings.MEDIA_ROOT), "REDIS_URL": redis_server.url}
+    port = free_port()
+    web = start_web(env, tmp_path, port)
+    try:
+        events = EventClient(
+            f"ws://127.0.0.1:{port}{PATH}?token={token_for(user)}&after=0"
+        )
+        events.ping()
+        assert events.wait_for(pong, timeout=10)
+        os.kill(web.popen.pid, signal.SIGSTOP)
+        try:
+            frozen = process_in_process(user, 20, many_servers_bytes(1000))
+        finally:
+            os.kill(web.popen.pid, signal.SIGCONT)
+        wait_for(
+            lambda: "overcoming of output buffer limits" in redis_server.output(),
+            timeout=10,
+            what="Redis cutting the subscriber off",
+        )
+        time.sleep(1)  # whatever daphne still held is delivered meanwhile
+        lost = len(stored_messages(user)) - len(durable(events.received()))
+        assert lost > 0
+
+        events.ping()
+        assert events.wait_for(
+            lambda ms: sum(m["type"] == "pong" for m in ms) == 2, timeout=15
+        )
+        assert durable(events.received()) == stored_messages(user)
+
+        # The layer resubscribed: a new file's events arrive live, without a ping.
+        later = process_in_process(user, 1)
+        assert events.wait_for(
+            lambda ms: any(
+                m["type"] == "notification" and m["file_id"] == later[0] for m in ms
+            ),
+            timeout=15,
+        )
+        events.close()
+    finally:
+        web.stop()
+    received = durable(events.received())
+    assert received == stored_messages(user)
+    assert final_statuses(received) == {pk: "processed" for pk in frozen + later}
+    print(f"{lost} of {len(received)} events lost by the layer, all replayed")
+
+
+@pytest.mark.usefixtures("in_memory_layer", "no_broker")
+async def test_a_ping_delivers_events_the_layer_dropped(user, rules, monkeypatch):
+    """When the last events were lost there is no later one to reveal the gap:
+    the client's ping makes the consumer catch up from the database first."""
+    token = await database_sync_to_async(token_for)(user)
+    communicator = WebsocketCommunicator(application, f"{PATH}?token={token}&after=0")
+    assert (await communicator.connect())[0]
+    monkeypatch.setattr(publisher, "send_live", lambda user_id, message: None)
+    await database_sync_to_async(process_in_process)(user, 1)
+    assert await communicator.receive_nothing(timeout=0.3)
+
+    await communicator.send_json_to({"type": "ping"})
+    received = [await communicator.receive_json_from(timeout=5) for _ in range(6)]
+    assert [m.get("id") for m in received] == [1, 2, 3, 4, 5, None]
+    assert received[-1]["type"] == "pong"
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()

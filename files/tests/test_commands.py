@@ -1,5 +1,7 @@
 """`manage.py upload`: files uploaded from the command line, with their outcome."""
 
+import io
+
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -126,3 +128,53 @@ def test_wait_gives_up_after_the_timeout_without_a_worker(user, sample, sent, ca
     with pytest.raises(CommandError):
         call_command("upload", path, "--user", user.username, "--timeout", "0.3")
     assert "still queued: no outcome in time" in capsys.readouterr().err
+
+
+def test_generate_metrics_is_deterministic_and_processable(tmp_path, user, rules):
+    from files import engine
+    from files.management.commands.generate_metrics import parse_size
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    for out in (first, second):
+        call_command(
+            "generate_metrics",
+            str(out),
+            "--size",
+            "200KB",
+            "--servers",
+            "2",
+            "--anomalies",
+            "0.1",
+            "--invalid",
+            "0.05",
+            stdout=io.StringIO(),
+        )
+    assert first.read_bytes() == second.read_bytes()
+    assert abs(first.stat().st_size - parse_size("200KB")) < 5000
+
+    class Counting:
+        records = issues = anomalies = 0
+
+        def add_records(self, batch):
+            self.records += len(batch)
+
+        def add_anomalies(self, batch):
+            self.anomalies += len(batch)
+
+        def add_issues(self, batch):
+            self.issues += len(batch)
+
+        def reset(self):
+            self.records = self.issues = self.anomalies = 0
+
+    sink = Counting()
+    outcome = engine.process(
+        lambda: first.open("rb"),
+        size=first.stat().st_size,
+        rules=engine.DEFAULT_RULES,
+        sink=sink,
+    )
+    total = outcome.record_count + outcome.invalid_record_count
+    assert outcome.kind == "server_metrics" and len(outcome.summary["servers"]) == 2
+    assert 0.02 < outcome.invalid_record_count / total < 0.09
+    assert 0.06 < outcome.anomaly_count / total < 0.15

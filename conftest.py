@@ -20,19 +20,11 @@ from django.conf import settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from files.engine import DEFAULT_RULES
 from files.models import AnomalyRule
 from files.tests.factories import user_create
 
 BASE_DIR = Path(__file__).resolve().parent
-DEFAULT_RULES = {
-    "cpu_usage": (0, 85),
-    "memory_usage": (0, 90),
-    "disk_read": (0, 500),
-    "disk_write": (0, 1000),
-    "network_in": (0, 1000),
-    "network_out": (0, 1000),
-    "response_time": (0, 200),
-}
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +60,7 @@ def rules(db) -> list[AnomalyRule]:
             metric=metric,
             defaults={"min_value": low, "max_value": high, "enabled": True},
         )[0]
-        for metric, (low, high) in DEFAULT_RULES.items()
+        for metric, low, high in DEFAULT_RULES
     ]
 
 

@@ -9,15 +9,9 @@ from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 
-METRICS = (
-    "cpu_usage",
-    "memory_usage",
-    "disk_read",
-    "disk_write",
-    "network_in",
-    "network_out",
-    "response_time",
-)
+from .engine import METRICS
+
+__all__ = ["METRICS", "Anomaly", "AnomalyRule", "File", "MetricRecord", "RecordError"]
 
 
 def upload_path(instance: "File", filename: str) -> str:

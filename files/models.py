@@ -119,7 +119,11 @@ class File(models.Model):
 class MetricRecord(models.Model):
     """One valid metrics record of a file."""
 
-    file = models.ForeignKey(File, on_delete=models.CASCADE, related_name="records")
+    # The unique (file, index) constraint serves lookups by file: no index of its own,
+    # which would only slow down the COPY of a large file.
+    file = models.ForeignKey(
+        File, on_delete=models.CASCADE, related_name="records", db_index=False
+    )
     index = models.PositiveIntegerField(help_text="Position among the file's records.")
     server = models.CharField(max_length=255)
     timestamp = models.DateTimeField()
@@ -144,7 +148,10 @@ class MetricRecord(models.Model):
 class Anomaly(models.Model):
     """A metric value outside its rule's range."""
 
-    file = models.ForeignKey(File, on_delete=models.CASCADE, related_name="anomalies")
+    # Lookups by file use the (file, metric) index.
+    file = models.ForeignKey(
+        File, on_delete=models.CASCADE, related_name="anomalies", db_index=False
+    )
     record_index = models.PositiveIntegerField()
     server = models.CharField(max_length=255)
     timestamp = models.DateTimeField()

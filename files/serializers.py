@@ -1,5 +1,6 @@
 """How files and their results look on the wire: the canonical API and the seed's."""
 
+import functools
 import json
 from typing import Any
 
@@ -84,9 +85,16 @@ class FileSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@functools.cache
+def _file_serializer() -> FileSerializer:
+    # Building a ModelSerializer's fields inspects the model each time: every
+    # event carries a file resource, so build them once.
+    return FileSerializer()
+
+
 def file_resource(file: File) -> dict[str, Any]:
     """The file resource as plain JSON-ready data."""
-    return dict(FileSerializer(file).data)
+    return dict(_file_serializer().to_representation(file))
 
 
 class FileUploadSerializer(serializers.Serializer):

@@ -1,6 +1,9 @@
 """The one way events leave the service: recorded durably, then sent after commit."""
 
+import asyncio
 import logging
+import os
+import threading
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -43,46 +46,112 @@ def build_message(
     }
 
 
-def _next_seq(user_id: int) -> int:
-    # The upsert holds the cursor row lock until commit: one writer per user at once.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO notifications_eventcursor (user_id, last_seq) VALUES (%s, 1) "
-            "ON CONFLICT (user_id) DO UPDATE "
-            "SET last_seq = notifications_eventcursor.last_seq + 1 "
-            "RETURNING last_seq",
-            [user_id],
-        )
-        return cursor.fetchone()[0]
+def reserve_event_ids(user_id: int, count: int = 1) -> range:
+    """Take the user's next `count` cursor values; call inside the transaction that
+    publishes them.
 
-
-def reserve_event_id(user_id: int) -> int:
-    """Take the user's next cursor value; call inside the transaction that publishes."""
+    The upsert holds the cursor row lock until commit: one writer per user at once,
+    so events commit in cursor order.
+    """
     if not connection.in_atomic_block:
         raise RuntimeError("events are recorded inside the transaction they report")
-    return _next_seq(user_id)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO notifications_eventcursor (user_id, last_seq) VALUES (%s, %s) "
+            "ON CONFLICT (user_id) DO UPDATE "
+            "SET last_seq = notifications_eventcursor.last_seq + EXCLUDED.last_seq "
+            "RETURNING last_seq",
+            [user_id, count],
+        )
+        last = cursor.fetchone()[0]
+    return range(last - count + 1, last + 1)
+
+
+def publish_events(
+    *,
+    user_id: int,
+    file_id: int | None,
+    events: list[tuple[int, str, dict[str, Any]]],
+) -> None:
+    """Record durable events in the current transaction and send them once it commits.
+
+    `events` are (id from `reserve_event_ids`, type, fields), in id order.
+    """
+    messages = [
+        {"id": seq, **build_message(event_type, file_id=file_id, fields=fields)}
+        for seq, event_type, fields in events
+    ]
+    Event.objects.bulk_create(
+        [
+            Event(
+                user_id=user_id,
+                seq=message["id"],
+                type=message["type"],
+                file_id=file_id,
+                message=message,
+            )
+            for message in messages
+        ]
+    )
+
+    def send() -> None:
+        for message in messages:
+            send_live(user_id, message)
+
+    transaction.on_commit(send)
 
 
 def publish_event(
-    *,
-    user_id: int,
-    event_type: str,
-    file_id: int | None,
-    fields: dict[str, Any],
-    event_id: int | None = None,
-) -> Event:
-    """Record a durable event in the current transaction and send it once it commits.
+    *, user_id: int, event_type: str, file_id: int | None, fields: dict[str, Any]
+) -> None:
+    """Record one durable event in the current transaction and send it after commit."""
+    (seq,) = reserve_event_ids(user_id)
+    publish_events(user_id=user_id, file_id=file_id, events=[(seq, event_type, fields)])
 
-    `event_id` is a value from `reserve_event_id` when the caller had to know it
-    first (to stamp it on the row the event describes).
+
+SEND_TIMEOUT = 5.0
+
+
+class _Sender:
+    """An event loop on a thread of its own, for sending from sync code that has none.
+
+    `async_to_sync` from a thread without an event loop (a Celery worker) starts a
+    new loop per call, and the channel layer opens a new Redis connection per loop:
+    about 3 ms a message. One loop per process keeps one connection. Messages are
+    sent one at a time, in the order they are given.
     """
-    seq = event_id if event_id is not None else reserve_event_id(user_id)
-    message = {"id": seq, **build_message(event_type, file_id=file_id, fields=fields)}
-    event = Event.objects.create(
-        user_id=user_id, seq=seq, type=event_type, file_id=file_id, message=message
-    )
-    transaction.on_commit(lambda: send_live(user_id, message))
-    return event
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(
+            target=self.loop.run_forever, name="channel-layer-sender", daemon=True
+        ).start()
+
+    def send(self, group: str, event: dict[str, Any]) -> None:
+        layer = get_channel_layer()
+        future = asyncio.run_coroutine_threadsafe(
+            layer.group_send(group, event), self.loop
+        )
+        try:
+            future.result(SEND_TIMEOUT)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+
+_sender: _Sender | None = None
+
+
+def start_sender() -> None:
+    """Send from this process through one long-lived event loop (Celery workers).
+
+    Call it in the process that sends, after any fork. Code running under the ASGI
+    server does not need it: there `async_to_sync` uses the server's own loop.
+    """
+    global _sender
+    if _sender is None or _sender.pid != os.getpid():
+        _sender = _Sender()
 
 
 def send_live(user_id: int, message: dict[str, Any]) -> None:
@@ -90,11 +159,13 @@ def send_live(user_id: int, message: dict[str, Any]) -> None:
 
     The channel layer is at-most-once: the durable copy is what clients catch up from.
     """
-    layer = get_channel_layer()
+    group = user_group(user_id)
+    event = {"type": "event.message", "message": message}
     try:
-        async_to_sync(layer.group_send)(
-            user_group(user_id), {"type": "event.message", "message": message}
-        )
+        if _sender is not None and _sender.pid == os.getpid():
+            _sender.send(group, event)
+        else:
+            async_to_sync(get_channel_layer().group_send)(group, event)
     except Exception:
         logger.warning(
             "could not send %s to user %s", message.get("type"), user_id, exc_info=True

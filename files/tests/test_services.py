@@ -1,18 +1,26 @@
 """The services: storing uploads, processing, events, recovery."""
 
 import json
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
-from files import services
+from files import engine, services
 from files.models import Anomaly, AnomalyRule, File, MetricRecord, RecordError
 from notifications.models import Event
 
-from .factories import broken_bytes, metrics_document, server_4_bytes, upload
+from .factories import (
+    SERVER_4_VALUES,
+    broken_bytes,
+    metrics_document,
+    server_4_bytes,
+    upload,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -308,3 +316,81 @@ def test_recovery_requeues_stuck_files_and_fails_hopeless_ones(
     fresh_task = fresh.task_id
     fresh.refresh_from_db()
     assert fresh.task_id == fresh_task
+
+
+# --- storing results in batches -------------------------------------------------------
+
+
+@pytest.fixture
+def many_batches(monkeypatch):
+    """Batches of 40 records, every file pipelined: a small file takes many writes."""
+    monkeypatch.setattr(engine, "BATCH_SIZE", 40)
+    monkeypatch.setattr(services, "PIPELINE_FROM", 0)
+
+
+def long_document(repeat: int = 50, **extra) -> bytes:
+    """server_4's records `repeat` times over, a second apart."""
+    document = metrics_document(SERVER_4_VALUES * repeat)
+    for n, record in enumerate(document["metrics"]):
+        record["timestamp"] = f"2024-09-19T10:{n // 60:02d}:{n % 60:02d}Z"
+    return json.dumps({**document, **extra}).encode()
+
+
+def test_a_file_of_many_batches_is_stored_exactly(user, rules, enqueued, many_batches):
+    switch_interval = sys.getswitchinterval()
+    file = process(create(user, long_document()))
+
+    assert (file.status, file.record_count, file.anomaly_count) == (
+        "processed",
+        450,
+        27 * 50,
+    )
+    indexes = list(
+        MetricRecord.objects.filter(file=file)
+        .order_by("index")
+        .values_list("index", flat=True)
+    )
+    assert indexes == list(range(450))
+    assert Anomaly.objects.filter(file=file).count() == 27 * 50
+    assert sys.getswitchinterval() == switch_interval
+
+    services.file_reprocess(file=file, by=user)
+    file = process(file)
+    assert MetricRecord.objects.filter(file=file).count() == 450
+    assert Anomaly.objects.filter(file=file).count() == 27 * 50
+
+
+def test_the_strict_pass_starts_the_results_again(user, rules, enqueued, many_batches):
+    # yajl refuses an integer beyond 64 bits, at the very end: every batch of the
+    # fast pass is written (or in flight) before the strict pass starts over.
+    content = long_document(big=10**30)
+    file = process(create(user, content))
+
+    assert (file.status, file.record_count) == ("processed", 450)
+    assert MetricRecord.objects.filter(file=file).count() == 450
+    assert Anomaly.objects.filter(file=file).count() == 27 * 50
+
+
+def test_a_failed_write_leaves_no_results(
+    user, rules, enqueued, many_batches, monkeypatch
+):
+    # On PostgreSQL the COPY runs in the writer thread: its error must come back.
+    name = "_copy" if connection.vendor == "postgresql" else "_write"
+    real = getattr(services.ResultSink, name)
+    writes = []
+
+    def failing(self, *args):
+        writes.append(args[0])
+        if len(writes) == 5:
+            raise RuntimeError("disk full")
+        real(self, *args)
+
+    monkeypatch.setattr(services.ResultSink, name, failing)
+    file = create(user, long_document())
+    with pytest.raises(RuntimeError, match="disk full"):
+        services.file_process(file_id=file.pk, task_id=file.task_id)
+
+    file.refresh_from_db()
+    assert file.status == "processing"  # the task's handler fails it
+    assert not MetricRecord.objects.filter(file=file).exists()
+    assert not Anomaly.objects.filter(file=file).exists()

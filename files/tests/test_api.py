@@ -160,6 +160,27 @@ def test_results_routes(api, user, rules):
     assert download["X-Content-Type-Options"] == "nosniff"
 
 
+def test_the_series_keeps_every_spike_within_the_points_asked(api, user, rules):
+    records = [
+        {
+            "timestamp": f"2024-09-19T10:{n // 60:02d}:{n % 60:02d}Z",
+            "cpu_usage": 999 if n == 537 else (None if n % 7 == 0 else n % 50),
+        }
+        for n in range(1000)
+    ]
+    content = json.dumps({"server_id": "s", "metrics": records}).encode()
+    file = processed_file(user, content)
+
+    series = api.get(f"/api/files/{file.pk}/metrics/?metric=cpu_usage&points=10").json()
+
+    assert series["points"] == len(series["series"]) == 10
+    assert series["record_count"] == 1000 - len(range(0, 1000, 7))  # nulls skipped
+    assert sum(b["count"] for b in series["series"]) == series["record_count"]
+    spiked = [b for b in series["series"] if b["max"] == 999]
+    assert len(spiked) == 1 and spiked[0]["start"] <= "2024-09-19T10:08:57Z"
+    assert all(b["min"] >= 0 for b in series["series"])
+
+
 def test_validation_errors_route_lists_pointers(api, user, rules):
     document = json.loads(server_4_bytes())
     document["metrics"][3] = ["not", "an", "object"]

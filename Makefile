@@ -11,7 +11,7 @@ NODE_STAMP := node_modules/.installed
 PORT ?= 8000
 ARGS ?=
 
-.PHONY: run test lint fmt check-deploy clean
+.PHONY: run test bench lint fmt check-deploy clean
 
 # run: migrate, then daphne, a Celery worker and beat on http://127.0.0.1:$(PORT)
 run: $(STAMP) $(NODE_STAMP)
@@ -20,6 +20,11 @@ run: $(STAMP) $(NODE_STAMP)
 # test: the whole suite; pytest arguments through ARGS="-k upload -x"
 test: $(STAMP) $(NODE_STAMP)
 	exec $(BIN)/python -m dwellfi.devstack test $(ARGS)
+
+# bench: the benchmarks against the PostgreSQL and Redis in DATABASE_URL/REDIS_URL
+# (default: the local servers, database dwellfi_bench); prints a markdown table
+bench: $(STAMP) $(NODE_STAMP)
+	exec $(BIN)/python -m bench.run $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

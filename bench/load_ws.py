@@ -12,8 +12,8 @@ ids 1..N without a gap or a duplicate, equal to `GET /api/events/` for that
 user — and nothing about anyone else's files, with no HTTP or WebSocket error.
 It prints the figures and exits 1 if any check failed.
 
-    .venv/bin/python bench/load_ws.py        # 200 clients, 50 users, 500 files
-    .venv/bin/python bench/load_ws.py --webs 2 --workers 2 --files 1000
+    .venv/bin/python -m bench.load_ws        # 200 clients, 50 users, 500 files
+    .venv/bin/python -m bench.load_ws --webs 2 --workers 2 --files 1000
 
 With DATABASE_URL set it uses that database as is (make it a scratch one).
 """
@@ -25,9 +25,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +34,8 @@ from pathlib import Path
 import httpx
 import websockets
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+from bench.stack import Stack, answers_redis, free_port, manage
+
 OUTCOMES = {"file.processed", "file.failed"}
 CREATE_USERS = """
 import json
@@ -50,96 +48,6 @@ for n in range({users}):
     tokens.append([user.pk, Token.objects.create(user=user).key])
 print("TOKENS " + json.dumps(tokens))
 """
-
-
-# --- processes -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Stack:
-    """The processes this script starts; each leads its own process group."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.children: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str]):
-        log = (self.logdir / f"{name}.log").open("wb")
-        popen = subprocess.Popen(
-            args,
-            cwd=BASE_DIR,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.children.append((name, popen))
-        return popen
-
-    def log(self, name: str) -> str:
-        return (self.logdir / f"{name}.log").read_text(errors="replace")
-
-    def wait_for(self, name: str, ready, timeout: float = 60) -> None:
-        popen = dict(self.children)[name]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if popen.poll() is not None:
-                raise RuntimeError(f"{name} exited:\n{self.log(name)[-3000:]}")
-            if ready():
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"{name} not ready after {timeout} s")
-
-    def stop(self) -> None:
-        """SIGTERM to each group we started, then SIGKILL what is left."""
-        for _, popen in self.children:
-            if popen.poll() is None:
-                os.killpg(popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _, popen in self.children:
-            try:
-                popen.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(popen.pid, signal.SIGKILL)
-                popen.wait()
-
-
-def answers_http(port: int) -> bool:
-    try:
-        return (
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-        )
-    except httpx.HTTPError:
-        return False
-
-
-def answers_redis(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), 0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if result.returncode:
-        raise RuntimeError(result.stderr[-3000:])
-    return result.stdout
 
 
 # --- the load ----------------------------------------------------------------------
@@ -409,46 +317,12 @@ def main() -> int:
 
         ports = [free_port() for _ in range(args.webs)]
         for n, port in enumerate(ports):
-            stack.start(
-                f"web-{n}",
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "dwellfi.asgi:application",
-                ],
-                env,
-            )
+            stack.start_web(f"web-{n}", port, env)
         for n in range(args.workers):
-            stack.start(
+            stack.start_worker(
                 f"worker-{n}",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "dwellfi",
-                    "worker",
-                    "-l",
-                    "info",
-                    "--concurrency",
-                    str(args.worker_concurrency),
-                    "-n",
-                    f"load-{n}-{os.getpid()}@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
                 {**env, "DJANGO_LOG_LEVEL": "INFO"},
-            )
-        for n, port in enumerate(ports):
-            stack.wait_for(f"web-{n}", lambda port=port: answers_http(port))
-        for n in range(args.workers):
-            stack.wait_for(
-                f"worker-{n}", lambda n=n: "ready." in stack.log(f"worker-{n}")
+                args.worker_concurrency,
             )
         return asyncio.run(run_load(args, ports, tokens))
     finally:

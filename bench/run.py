@@ -1,0 +1,625 @@
+"""`make bench`: DwellFi's benchmarks, each beside a baseline measured in the same run.
+
+Runs against the PostgreSQL in DATABASE_URL and the Redis in REDIS_URL (default:
+the local servers, database `dwellfi_bench`, created when missing, and Redis
+database 15), starts its own daphne and Celery worker with production settings,
+generates its own data in a temporary folder, and prints a markdown table:
+
+* large-file throughput: a ~110 MB, ~600,000-record file uploaded and processed
+  by the worker, from its `file.processing` event to its `file.processed` event,
+  against the floor (`ijson.items` into COPY, no checks) and a naive pipeline
+  (`json.load` + `bulk_create`), each in a process of its own on the same file;
+* worker memory: the peak RSS of the worker process that processed a 1 MB file,
+  then of a fresh one that processed a 200 MB file;
+* chart query: `GET /api/files/{id}/metrics/` on that 200 MB file (a million
+  records), against one SQL pass over the file's rows;
+* small-file latency: uploads of a 10 KB file one after another, from the HTTP 201
+  to `file.processed` on a WebSocket, against the floor: a no-op Celery task that
+  sends one channel-layer message, from `send_task` to the WebSocket;
+* small-file throughput: concurrent uploads for 60 s, files processed end to end
+  per second, every `file.processed` delivered, against the same no-op task sent
+  as fast as the worker takes it.
+
+    make bench                      # the whole run, about 10 minutes
+    make bench ARGS="--quick"       # smaller files, fewer uploads: a smoke run
+
+Large-file figures are medians of `--repeat` runs. Timing starts only once
+everything is warm; nothing else should run on the machine meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import websockets
+
+from bench.stack import BASE_DIR, Stack, free_port, manage
+
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/dwellfi_bench"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+MB = 1000 * 1000
+
+
+@dataclass
+class Sizes:
+    large: str = "113MB"  # about 600,000 records
+    memory_small: str = "1MB"
+    memory_large: str = "200MB"
+    small: str = "10KB"
+    latency_uploads: int = 200
+    throughput_seconds: float = 60
+    repeat: int = 3
+
+
+QUICK = Sizes(
+    large="11MB",
+    memory_large="20MB",
+    latency_uploads=30,
+    throughput_seconds=10,
+    repeat=1,
+)
+
+
+# --- setup ---------------------------------------------------------------------
+
+
+def ensure_database(url: str) -> None:
+    """Create the benchmark database when it does not exist yet."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    name = info.pop("dbname")
+    with psycopg.connect(**info, dbname="postgres", autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [name]
+        ).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def bench_env(tmp: Path) -> dict[str, str]:
+    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    if not database_url.startswith(("postgres://", "postgresql://")):
+        sys.exit("make bench measures PostgreSQL: set DATABASE_URL to a scratch one")
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DJANGO_SECURE_SSL_REDIRECT": "0",
+        "DWELLFI_MEDIA_ROOT": str(tmp / "media"),
+        "DWELLFI_UPLOAD_RATE": "1000000/min",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def generate(env: dict[str, str], tmp: Path, name: str, size: str) -> Path:
+    path = tmp / f"{name}.json"
+    manage(env, "generate_metrics", str(path), "--size", size)
+    return path
+
+
+def bench_user() -> tuple[int, str]:
+    """The benchmark's user, without the files of earlier runs."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    from files.models import File
+    from notifications.models import Event, EventCursor
+
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    File.objects.filter(owner=user).delete()
+    Event.objects.filter(user=user).delete()
+    EventCursor.objects.filter(user=user).delete()
+    token, _ = Token.objects.get_or_create(user=user)
+    return user.pk, token.key
+
+
+def placeholder_file(user_id: int, name: str) -> int:
+    """A file row for a baseline's records to belong to."""
+    from files.models import File
+
+    return File.objects.create(
+        owner_id=user_id,
+        updated_by_id=user_id,
+        name=name,
+        content="bench/none.json",
+        size=0,
+        status="failed",
+    ).pk
+
+
+def clear_records(file_id: int) -> None:
+    from files.models import MetricRecord
+
+    MetricRecord.objects.filter(file_id=file_id).delete()
+
+
+# --- measuring -----------------------------------------------------------------
+
+
+class Events:
+    """One WebSocket of the bench user; when each message arrived, by key.
+
+    Keys are (file_id, type) for file events and ("bench.ping", n) for the floor.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.arrived: dict[tuple, float] = {}
+        self._waiters: dict[tuple, asyncio.Future] = {}
+        self._task: asyncio.Task | None = None
+        self._connected = asyncio.Event()
+
+    async def __aenter__(self) -> Events:
+        self._task = asyncio.create_task(self._listen())
+        await asyncio.wait_for(self._connected.wait(), 30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        # No keepalive pings: a client that is busy between measurements would
+        # miss a pong and lose the connection (and every message after it).
+        async with websockets.connect(
+            self.url, max_size=None, ping_interval=None
+        ) as ws:
+            self._connected.set()
+            async for raw in ws:
+                now = time.perf_counter()
+                message = json.loads(raw)
+                kind = message.get("type")
+                key = (
+                    ("bench.ping", message["n"])
+                    if kind == "bench.ping"
+                    else (message.get("file_id"), kind)
+                )
+                self.arrived.setdefault(key, now)
+                waiter = self._waiters.get(key)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(now)
+
+    async def wait(self, key: tuple, timeout: float = 600) -> float:
+        """When the message with this key arrived, waiting for it if need be."""
+        if key in self.arrived:
+            return self.arrived[key]
+        waiter = self._waiters.setdefault(
+            key, asyncio.get_running_loop().create_future()
+        )
+        done, _ = await asyncio.wait(
+            [waiter, self._task], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if waiter in done:
+            return waiter.result()
+        if self._task in done:
+            raise RuntimeError(f"the WebSocket closed: {self._task.exception()!r}")
+        raise TimeoutError(f"no {key} after {timeout} s")
+
+
+class Api:
+    def __init__(self, port: int, token: str) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.http = httpx.AsyncClient(
+            base_url=self.base,
+            headers={"Authorization": f"Token {token}"},
+            timeout=600,
+        )
+
+    async def upload(self, path: Path | None = None, data: bytes = b"") -> int:
+        content = path.read_bytes() if path is not None else data
+        response = await self.http.post(
+            "/api/files/", files={"file": ("metrics.json", content)}
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"upload: {response.status_code} {response.text}")
+        return response.json()["id"]
+
+    async def detail(self, file_id: int) -> dict[str, Any]:
+        return (await self.http.get(f"/api/files/{file_id}/")).json()
+
+
+async def processed(events: Events, file_id: int, timeout: float = 900) -> float:
+    """When `file.processed` arrived; an error if the file failed instead."""
+    done, _ = await asyncio.wait(
+        [
+            asyncio.create_task(events.wait((file_id, "file.processed"), timeout)),
+            asyncio.create_task(events.wait((file_id, "file.failed"), timeout)),
+        ],
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    if (file_id, "file.processed") not in events.arrived:
+        raise RuntimeError(f"file {file_id} failed")
+    return done.pop().result()
+
+
+def child_peak_rss(pid: int) -> int:
+    """The largest peak RSS (bytes) among the children of `pid`: the pool processes."""
+    peaks = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            status = (entry / "status").read_text()
+        except (OSError, ValueError):
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]) * 1024)
+    if not peaks:
+        raise RuntimeError(f"no pool process under worker {pid}")
+    return max(peaks)
+
+
+def quantile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def baseline(env: dict[str, str], kind: str, path: Path, file_id: int) -> float:
+    """Records per second of a baseline pipeline, in a process of its own."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.baselines", kind, str(path), str(file_id)],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
+    )
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    clear_records(file_id)
+    return figures["records"] / figures["seconds"]
+
+
+# --- the benchmarks --------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    figure: str
+    value: str
+    baseline: str
+    ratio: str
+    target: str
+    met: bool
+
+
+async def large_file(ctx: Context) -> list[Row]:
+    ours, floor, naive = [], [], []
+    floor_file = placeholder_file(ctx.user_id, "floor")
+    naive_file = placeholder_file(ctx.user_id, "naive")
+    for _ in range(ctx.sizes.repeat):
+        file_id = await ctx.api.upload(ctx.files["large"])
+        started = await ctx.events.wait((file_id, "file.processing"), 900)
+        ended = await processed(ctx.events, file_id)
+        records = (await ctx.api.detail(file_id))["record_count"]
+        ours.append(records / (ended - started))
+        floor.append(
+            await asyncio.to_thread(
+                baseline, ctx.env, "floor", ctx.files["large"], floor_file
+            )
+        )
+    naive.append(
+        await asyncio.to_thread(
+            baseline, ctx.env, "naive", ctx.files["large"], naive_file
+        )
+    )
+    ctx.large_records = records
+    rate, floor_rate, naive_rate = map(statistics.median, (ours, floor, naive))
+    size = ctx.files["large"].stat().st_size / MB
+    ctx.notes.append(
+        f"large file: {size:.0f} MB, {records:,} records; runs (records/s): "
+        f"ours {[round(r) for r in ours]}, floor {[round(r) for r in floor]}, "
+        f"naive {[round(r) for r in naive]}"
+    )
+    return [
+        Row(
+            f"Large-file throughput ({size:.0f} MB, {records:,} records)",
+            f"{rate:,.0f} records/s",
+            f"floor: ijson.items → COPY, {floor_rate:,.0f} records/s",
+            f"{rate / floor_rate:.2f}×",
+            "≥ 0.8×",
+            rate / floor_rate >= 0.8,
+        ),
+        Row(
+            "",
+            "",
+            f"naive: json.load → bulk_create, {naive_rate:,.0f} records/s",
+            f"{rate / naive_rate:.1f}×",
+            "≥ 4×",
+            rate / naive_rate >= 4,
+        ),
+    ]
+
+
+async def memory(ctx: Context) -> list[Row]:
+    peaks = {}
+    for name in ("memory_small", "memory_large"):
+        await asyncio.to_thread(ctx.stack.stop, "worker")
+        worker = await asyncio.to_thread(ctx.stack.start_worker, "worker", ctx.env, 1)
+        file_id = await ctx.api.upload(ctx.files[name])
+        await processed(ctx.events, file_id)
+        peaks[name] = child_peak_rss(worker.pid)
+        ctx.memory_file = file_id
+    await asyncio.to_thread(ctx.stack.stop, "worker")
+    await asyncio.to_thread(ctx.start_worker)
+    small, large = peaks["memory_small"] / MB, peaks["memory_large"] / MB
+    size = ctx.files["memory_large"].stat().st_size / MB
+    return [
+        Row(
+            f"Worker peak RSS, {size:.0f} MB file",
+            f"{large:.0f} MB",
+            f"1 MB file: {small:.0f} MB",
+            f"+{large - small:.0f} MB",
+            "≤ +100 MB",
+            large - small <= 100,
+        )
+    ]
+
+
+async def chart_query(ctx: Context) -> list[Row]:
+    from django.db import connection
+
+    file_id = ctx.memory_file
+    records = (await ctx.api.detail(file_id))["record_count"]
+    url = f"/api/files/{file_id}/metrics/?metric=cpu_usage&points=500"
+    endpoint, scan = [], []
+    for _ in range(5):
+        began = time.perf_counter()
+        response = await ctx.api.http.get(url)
+        endpoint.append(time.perf_counter() - began)
+        response.raise_for_status()
+        began = time.perf_counter()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*), min(cpu_usage), max(cpu_usage) "
+                "FROM files_metricrecord WHERE file_id = %s",
+                [file_id],
+            )
+        scan.append(time.perf_counter() - began)
+    took, floor = statistics.median(endpoint), statistics.median(scan)
+    return [
+        Row(
+            f"Chart query, {records:,} records, 500 points",
+            f"{took * 1000:.0f} ms",
+            f"one SQL pass over the rows: {floor * 1000:.0f} ms",
+            f"{took / floor:.1f}×",
+            "< 1 s",
+            took < 1,
+        )
+    ]
+
+
+async def small_latency(ctx: Context) -> list[Row]:
+    from celery import current_app
+
+    data = ctx.files["small"].read_bytes()
+    for _ in range(10):  # warm both paths up
+        await processed(ctx.events, await ctx.api.upload(data=data))
+    for n in range(-10, 0):
+        current_app.send_task("bench.ping", args=[ctx.user_id, n])
+        await ctx.events.wait(("bench.ping", n), 30)
+    ours, floor = [], []
+    for n in range(ctx.sizes.latency_uploads):
+        file_id = await ctx.api.upload(data=data)
+        accepted = time.perf_counter()
+        ours.append(max(0.0, await processed(ctx.events, file_id, 60) - accepted))
+        sent = time.perf_counter()
+        current_app.send_task("bench.ping", args=[ctx.user_id, n])
+        floor.append(await ctx.events.wait(("bench.ping", n), 30) - sent)
+    p50, p95 = quantile(ours, 0.5) * 1000, quantile(ours, 0.95) * 1000
+    f50, f95 = quantile(floor, 0.5) * 1000, quantile(floor, 0.95) * 1000
+    count = ctx.sizes.latency_uploads
+    return [
+        Row(
+            f"Small-file latency, p50 ({count} uploads of 10 KB)",
+            f"{p50:.1f} ms",
+            f"no-op task + group_send: {f50:.1f} ms",
+            f"{p50 / f50:.1f}×",
+            "≤ 50 ms, ≤ 3×",
+            p50 <= 50 and p50 / f50 <= 3,
+        ),
+        Row(
+            "Small-file latency, p95",
+            f"{p95:.1f} ms",
+            f"no-op task + group_send: {f95:.1f} ms",
+            f"{p95 / f95:.1f}×",
+            "≤ 150 ms, ≤ 3×",
+            p95 <= 150 and p95 / f95 <= 3,
+        ),
+    ]
+
+
+async def small_throughput(ctx: Context, uploaders: int = 6) -> list[Row]:
+    from celery import current_app
+
+    data = ctx.files["small"].read_bytes()
+    uploaded: list[int] = []
+    seconds = ctx.sizes.throughput_seconds
+    began = time.perf_counter()
+
+    async def uploader() -> None:
+        while time.perf_counter() - began < seconds:
+            uploaded.append(await ctx.api.upload(data=data))
+
+    await asyncio.gather(*(uploader() for _ in range(uploaders)))
+    ends = await asyncio.gather(*(processed(ctx.events, f, 600) for f in uploaded))
+    rate = len(uploaded) / (max(ends) - began)
+    from files.models import File
+
+    stored = File.objects.filter(pk__in=uploaded, status="processed").count()
+    delivered = stored == len(uploaded)  # every file.processed arrived (awaited)
+
+    # The floor: the same number of no-op tasks, sent as fast as possible.
+    count = len(uploaded)
+    offset = 1_000_000
+    began = time.perf_counter()
+    for n in range(count):
+        current_app.send_task("bench.ping", args=[ctx.user_id, offset + n])
+    arrivals = await asyncio.gather(
+        *(ctx.events.wait(("bench.ping", offset + n), 300) for n in range(count))
+    )
+    floor_rate = count / (max(arrivals) - began)
+    return [
+        Row(
+            f"Small-file throughput ({seconds:.0f} s, {uploaders} uploaders)",
+            f"{rate:.1f} files/s ({len(uploaded)} files)",
+            f"no-op task + group_send: {floor_rate:.0f} tasks/s",
+            f"{rate / floor_rate:.2f}×",
+            "≥ 30 files/s, all delivered",
+            rate >= 30 and delivered,
+        )
+    ]
+
+
+@dataclass
+class Context:
+    env: dict[str, str]
+    sizes: Sizes
+    stack: Stack
+    api: Api
+    events: Events
+    files: dict[str, Path]
+    user_id: int
+    token: str
+    notes: list[str]
+    large_records: int = 0
+    memory_file: int = 0
+
+    def start_worker(self) -> None:
+        self.stack.start_worker("worker", self.env, 2, "-I", "bench.tasks")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        server = conn.execute("SHOW server_version").fetchone()[0].split()[0]
+    return (
+        f"{os.cpu_count()} × {cpu}, {memory:.0f} GiB; Python "
+        f"{platform.python_version()}, PostgreSQL {server}"
+    )
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| figure | DwellFi | baseline (same run) | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        met = "yes" if row.met else "**no**"
+        lines.append(
+            f"| {row.figure} | {row.value} | {row.baseline} | {row.ratio} | "
+            f"{row.target} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+async def run(ctx: Context, only: set[str]) -> list[Row]:
+    port = free_port()
+    ctx.stack.start_web("web", port, ctx.env)
+    ctx.start_worker()
+    ctx.api = Api(port, ctx.token)
+    url = f"ws://127.0.0.1:{port}/notification/events?token={ctx.token}"
+    rows: list[Row] = []
+    async with Events(url) as ctx.events:
+        for name, bench in BENCHMARKS.items():
+            if not only or name in only:
+                print(f"... {name}", file=sys.stderr, flush=True)
+                rows += await bench(ctx)
+    await ctx.api.http.aclose()
+    return rows
+
+
+BENCHMARKS = {
+    "large": large_file,
+    "memory": memory,
+    "chart": chart_query,
+    "latency": small_latency,
+    "throughput": small_throughput,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller smoke run")
+    parser.add_argument("--only", action="append", choices=BENCHMARKS, default=[])
+    parser.add_argument("--repeat", type=int, help="large-file runs (median)")
+    parser.add_argument("--keep", action="store_true", help="keep logs and data")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else Sizes()
+    if args.repeat:
+        sizes.repeat = args.repeat
+    if "chart" in args.only and "memory" not in args.only:
+        args.only.append("memory")  # the chart query reads the 200 MB file
+
+    # Stop what was started on Ctrl-C and on SIGTERM, even when started in the
+    # background (which ignores SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = Path(tempfile.mkdtemp(prefix="dwellfi-bench-"))
+    env = bench_env(tmp)
+    os.environ.update(env)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dwellfi.settings")
+    # This script blocks its event loop on the database on purpose, between
+    # measurements.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "1"
+    stack = Stack(tmp)
+    try:
+        ensure_database(env["DATABASE_URL"])
+        manage(env, "migrate", "--noinput")
+        import django
+
+        django.setup()
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        user_id, token = bench_user()
+        print("... generating data", file=sys.stderr, flush=True)
+        files = {
+            name: generate(env, tmp, name, getattr(sizes, name))
+            for name in ("large", "memory_small", "memory_large", "small")
+        }
+        ctx = Context(env, sizes, stack, None, None, files, user_id, token, [])
+        rows = asyncio.run(run(ctx, set(args.only)))
+    finally:
+        stack.stop()
+        if args.keep:
+            print(f"logs and data kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\nMachine: {machine()}\n")
+    print(table(rows))
+    for note in ctx.notes:
+        print(f"\n{note}")
+    return 0 if all(row.met for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

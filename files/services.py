@@ -121,8 +121,7 @@ def file_create(
     )
     _store(upload, file)
     with transaction.atomic():
-        file.save()
-        _queue(file)
+        _queue(file)  # saves the new row, stamped with its first event
     return file
 
 
@@ -150,7 +149,6 @@ def file_update(
             file.save()
             return file
         file.kind = None
-        file.save()
         _queue(file)
         storage = file.content.storage
         transaction.on_commit(lambda: storage.delete(old_content))
@@ -231,14 +229,23 @@ def enqueue(*, file_id: int, task_id: str) -> bool:
 # --- events --------------------------------------------------------------------------
 
 
-def _publish(file: File, *events: tuple[str, dict[str, Any]]) -> None:
+def _publish(
+    file: File,
+    *events: tuple[str, dict[str, Any]],
+    changed: tuple[str, ...] | None = None,
+) -> None:
     """Save the file stamped with its last event's id, and record the events with it.
 
     `events` are (type, extra fields) pairs; every event carries the file as saved.
+    `changed` names the only fields that changed, when the caller knows (the
+    others, the summary among them, are then not written again).
     """
     ids = reserve_event_ids(file.owner_id, len(events))
     file.last_event_id = ids[-1]
-    file.save()
+    if changed is None:
+        file.save()
+    else:
+        file.save(update_fields=[*changed, "last_event_id", "updated_at"])
     resource = file_resource(file)
     publish_events(
         user_id=file.owner_id,
@@ -406,7 +413,18 @@ def _claim(*, file_id: int, task_id: str) -> File | None:
         file.error = None
         file.started_at = timezone.now()
         file.finished_at = None
-        _publish(file, ("file.processing", {}))
+        _publish(
+            file,
+            ("file.processing", {}),
+            changed=(
+                "status",
+                "attempts",
+                "progress",
+                "error",
+                "started_at",
+                "finished_at",
+            ),
+        )
         return file
 
 

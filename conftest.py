@@ -8,18 +8,17 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from django.conf import settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from bench.stack import answers_http, free_port, web_command, worker_command
 from files.engine import DEFAULT_RULES
 from files.models import AnomalyRule
 from files.tests.factories import user_create
@@ -93,12 +92,6 @@ def in_memory_layer(settings) -> None:
 
 
 # --- the live stack ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def database_url() -> str:
@@ -189,27 +182,7 @@ def live_env(media_root: Path) -> dict[str, str]:
 
 def start_worker(env: dict[str, str], logdir: Path, name: str = "worker") -> Process:
     worker = start_process(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "dwellfi",
-            "worker",
-            "-l",
-            "info",
-            "--concurrency",
-            "1",
-            "--pool",
-            "prefork",
-            "-n",
-            f"{name}-{os.getpid()}@%h",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        env,
-        logdir,
+        name, worker_command(name, 1, "--pool", "prefork"), env, logdir
     )
     wait_for(lambda: "ready." in worker.output(), timeout=60, what=name, process=worker)
     return worker
@@ -218,32 +191,8 @@ def start_worker(env: dict[str, str], logdir: Path, name: str = "worker") -> Pro
 def start_web(
     env: dict[str, str], logdir: Path, port: int, name: str = "web"
 ) -> Process:
-    web = start_process(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "dwellfi.asgi:application",
-        ],
-        env,
-        logdir,
-    )
-
-    def healthy() -> bool:
-        try:
-            return (
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
-                == 200
-            )
-        except httpx.HTTPError:
-            return False
-
-    wait_for(healthy, timeout=60, what=name, process=web)
+    web = start_process(name, web_command(port), env, logdir)
+    wait_for(lambda: answers_http(port), timeout=60, what=name, process=web)
     return web
 
 

@@ -312,24 +312,24 @@ async def large_file(ctx: Context) -> list[Row]:
     floor_file = placeholder_file(ctx.user_id, "floor")
     naive_file = placeholder_file(ctx.user_id, "naive")
     for _ in range(ctx.sizes.repeat):
-        file_id = await ctx.api.upload(ctx.files["large"])
+        file_id = await ctx.api.upload(ctx.file("large"))
         started = await ctx.events.wait((file_id, "file.processing"), 900)
         ended = await processed(ctx.events, file_id)
         records = (await ctx.api.detail(file_id))["record_count"]
         ours.append(records / (ended - started))
         floor.append(
             await asyncio.to_thread(
-                baseline, ctx.env, "floor", ctx.files["large"], floor_file
+                baseline, ctx.env, "floor", ctx.file("large"), floor_file
             )
         )
     naive.append(
         await asyncio.to_thread(
-            baseline, ctx.env, "naive", ctx.files["large"], naive_file
+            baseline, ctx.env, "naive", ctx.file("large"), naive_file
         )
     )
     ctx.large_records = records
     rate, floor_rate, naive_rate = map(statistics.median, (ours, floor, naive))
-    size = ctx.files["large"].stat().st_size / MB
+    size = ctx.file("large").stat().st_size / MB
     ctx.notes.append(
         f"large file: {size:.0f} MB, {records:,} records; runs (records/s): "
         f"ours {[round(r) for r in ours]}, floor {[round(r) for r in floor]}, "
@@ -360,14 +360,14 @@ async def memory(ctx: Context) -> list[Row]:
     for name in ("memory_small", "memory_large"):
         await asyncio.to_thread(ctx.stack.stop, "worker")
         worker = await asyncio.to_thread(ctx.stack.start_worker, "worker", ctx.env, 1)
-        file_id = await ctx.api.upload(ctx.files[name])
+        file_id = await ctx.api.upload(ctx.file(name))
         await processed(ctx.events, file_id)
         peaks[name] = child_peak_rss(worker.pid)
         ctx.memory_file = file_id
     await asyncio.to_thread(ctx.stack.stop, "worker")
     await asyncio.to_thread(ctx.start_worker)
     small, large = peaks["memory_small"] / MB, peaks["memory_large"] / MB
-    size = ctx.files["memory_large"].stat().st_size / MB
+    size = ctx.file("memory_large").stat().st_size / MB
     return [
         Row(
             f"Worker peak RSS, {size:.0f} MB file",
@@ -416,7 +416,7 @@ async def chart_query(ctx: Context) -> list[Row]:
 async def small_latency(ctx: Context) -> list[Row]:
     from celery import current_app
 
-    data = ctx.files["small"].read_bytes()
+    data = ctx.file("small").read_bytes()
     for _ in range(10):  # warm both paths up
         await processed(ctx.events, await ctx.api.upload(data=data))
     for n in range(-10, 0):
@@ -456,7 +456,7 @@ async def small_latency(ctx: Context) -> list[Row]:
 async def small_throughput(ctx: Context, uploaders: int = 6) -> list[Row]:
     from celery import current_app
 
-    data = ctx.files["small"].read_bytes()
+    data = ctx.file("small").read_bytes()
     uploaded: list[int] = []
     seconds = ctx.sizes.throughput_seconds
     began = time.perf_counter()
@@ -502,12 +502,20 @@ class Context:
     stack: Stack
     api: Api
     events: Events
-    files: dict[str, Path]
+    data_dir: Path
     user_id: int
     token: str
     notes: list[str]
     large_records: int = 0
     memory_file: int = 0
+
+    def file(self, name: str) -> Path:
+        """A generated metrics file of the size `Sizes` gives `name`, made once."""
+        path = self.data_dir / f"{name}.json"
+        if not path.exists():
+            print(f"... generating {name}", file=sys.stderr, flush=True)
+            generate(self.env, self.data_dir, name, getattr(self.sizes, name))
+        return path
 
     def start_worker(self) -> None:
         self.stack.start_worker("worker", self.env, 2, "-I", "bench.tasks")
@@ -600,12 +608,7 @@ def main() -> int:
         django.setup()
         logging.getLogger("httpx").setLevel(logging.WARNING)
         user_id, token = bench_user()
-        print("... generating data", file=sys.stderr, flush=True)
-        files = {
-            name: generate(env, tmp, name, getattr(sizes, name))
-            for name in ("large", "memory_small", "memory_large", "small")
-        }
-        ctx = Context(env, sizes, stack, None, None, files, user_id, token, [])
+        ctx = Context(env, sizes, stack, None, None, tmp, user_id, token, [])
         rows = asyncio.run(run(ctx, set(args.only)))
     finally:
         stack.stop()

@@ -69,8 +69,9 @@ def metric_series(
 
     Records are bucketed by their position, and each bucket keeps its min and max as
     well as its mean, so a single spike stays visible however far the series shrinks.
-    One pass over the file's rows: the bucket width comes from the first and last
-    positions, which the (file, index) index answers without reading the rows.
+    Usually one pass over the file's rows: the bucket width comes from the first and
+    last positions, which the (file, index) index answers without reading the rows.
+    A metric present in only part of the file is bucketed again over that part.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
@@ -78,26 +79,17 @@ def metric_series(
     if server:
         records = records.filter(server=server)
     bounds = records.aggregate(first=Min("index"), last=Max("index"))
+    values = records.filter(**{f"{metric}__isnull": False})
     buckets = []
     if bounds["first"] is not None:
-        span = bounds["last"] - bounds["first"] + 1
-        width = -(-span // points)  # ceil(span / points): at most `points` buckets
-        buckets = list(
-            records.filter(**{f"{metric}__isnull": False})
-            .annotate(
-                bucket=Cast((F("index") - bounds["first"]) / width, IntegerField())
+        buckets = _buckets(values, metric, bounds["first"], bounds["last"], points)
+    if buckets:
+        first, last = buckets[0]["first"], buckets[-1]["last"]
+        narrower = (first, last) != (bounds["first"], bounds["last"])
+        if narrower and _bucket_count(first, last, points) > len(buckets):
+            buckets = _buckets(
+                values.filter(index__range=(first, last)), metric, first, last, points
             )
-            .values("bucket")
-            .annotate(
-                start=Min("timestamp"),
-                end=Max("timestamp"),
-                min=Min(metric),
-                max=Max(metric),
-                mean=Avg(metric),
-                count=Count("id"),
-            )
-            .order_by("bucket")
-        )
     total = sum(bucket["count"] for bucket in buckets)
     rule = AnomalyRule.objects.filter(metric=metric, enabled=True).first()
     return {
@@ -111,6 +103,35 @@ def metric_series(
             for b in buckets
         ],
     }
+
+
+def _bucket_count(first: int, last: int, points: int) -> int:
+    """How many buckets positions first..last make at most `points` of."""
+    span = last - first + 1
+    width = -(-span // points)  # ceil(span / points)
+    return -(-span // width)
+
+
+def _buckets(
+    values: QuerySet[MetricRecord], metric: str, first: int, last: int, points: int
+) -> list[dict[str, Any]]:
+    """Positions first..last in at most `points` buckets of equal width."""
+    width = -(-(last - first + 1) // points)
+    return list(
+        values.annotate(bucket=Cast((F("index") - first) / width, IntegerField()))
+        .values("bucket")
+        .annotate(
+            start=Min("timestamp"),
+            end=Max("timestamp"),
+            min=Min(metric),
+            max=Max(metric),
+            mean=Avg(metric),
+            count=Count("id"),
+            first=Min("index"),
+            last=Max("index"),
+        )
+        .order_by("bucket")
+    )
 
 
 def file_search(

@@ -181,6 +181,24 @@ def test_the_series_keeps_every_spike_within_the_points_asked(api, user, rules):
     assert all(b["min"] >= 0 for b in series["series"])
 
 
+def test_a_metric_in_part_of_the_file_still_gets_the_points_asked(api, user, rules):
+    records = [
+        {
+            "timestamp": f"2024-09-19T10:{n // 60:02d}:{n % 60:02d}Z",
+            **({"disk_read": n} if n >= 900 else {}),
+        }
+        for n in range(1000)
+    ]
+    content = json.dumps({"server_id": "s", "metrics": records}).encode()
+    file = processed_file(user, content)
+
+    series = api.get(f"/api/files/{file.pk}/metrics/?metric=disk_read&points=10").json()
+
+    assert series["points"] == 10 and series["record_count"] == 100
+    assert [b["count"] for b in series["series"]] == [10] * 10
+    assert series["series"][-1]["max"] == 999
+
+
 def test_validation_errors_route_lists_pointers(api, user, rules):
     document = json.loads(server_4_bytes())
     document["metrics"][3] = ["not", "an", "object"]

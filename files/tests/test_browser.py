@@ -318,9 +318,10 @@ def test_zooming_by_keyboard_fetches_finer_points(page, live_stack, account, tmp
         ".data.points > coarse",
         arg=["cpu_usage", coarse],
     )
-    # Every chart zoomed with it, and the view kept its range while refining.
-    assert page.evaluate(
-        "DwellFi.charts.every(c => c.figure.dataset.zoomed === 'true')"
+    # Every chart zoomed with it, and the view kept its range while refining (each
+    # chart refines on its own request: wait for the last one to be drawn).
+    page.wait_for_function(
+        "DwellFi.charts.every(c => c.figure.dataset.zoomed === 'true' && !c.fetching)"
     )
     screenshot(page, "13-zoomed-finer-points", full_page=False)
     page.keyboard.press("0")

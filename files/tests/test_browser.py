@@ -328,6 +328,32 @@ def test_zooming_by_keyboard_fetches_finer_points(page, live_stack, account, tmp
     expect(cpu).to_have_attribute("data-zoomed", "false")
 
 
+def test_a_chart_that_loads_after_a_zoom_joins_it(page, live_stack, account, tmp_path):
+    sign_in(page, live_stack.base_url, account)
+    choose_file(page, tmp_path, "late.json", long_series_bytes(3000))
+    file_row = row(page, "late.json")
+    expect(file_row.locator("[data-role=status]")).to_have_text(
+        "processed", timeout=TIMEOUT_MS
+    )
+    held = []  # the disk_write chart's first request, answered only after the zoom
+    page.route(
+        re.compile(r".*/metrics/\?metric=disk_write&.*"),
+        lambda route: held.append(route) if not held else route.continue_(),
+    )
+    file_row.locator("[data-role=name]").click()
+    cpu = page.locator("figure.chart[data-metric=cpu_usage]")
+    late = page.locator("figure.chart[data-metric=disk_write]")
+    expect(cpu).to_have_attribute("data-state", "drawn")
+    cpu.locator("[data-role=chart-canvas]").focus()
+    page.keyboard.press("+")
+    expect(cpu).to_have_attribute("data-zoomed", "true")
+    assert late.get_attribute("data-state") != "drawn" and len(held) == 1
+
+    held[0].continue_()
+    expect(late).to_have_attribute("data-state", "drawn")
+    expect(late).to_have_attribute("data-zoomed", "true")
+
+
 def test_file_page_actions_give_live_feedback(page, live_stack, account, tmp_path):
     sign_in(page, live_stack.base_url, account)
     choose_file(page, tmp_path, "actions.json", server_4_bytes())

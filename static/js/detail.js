@@ -185,6 +185,7 @@
   var MAX_POINTS = 5000;        // the endpoint's limit
   var MIN_VISIBLE_POINTS = 40;  // fewer buckets than this in a zoomed view: fetch finer ones
   var charts = [];
+  var sharedZoom = null;  // the x range every chart shows when zoomed, else null
   D.charts = charts;
 
   function cssVar(name, fallback) {
@@ -357,7 +358,10 @@
       return;
     }
     var hasRule = Boolean(data.rule);
-    var zoom = keepZoom && chart.plot ? { min: chart.plot.scales.x.min, max: chart.plot.scales.x.max } : null;
+    // A refinement keeps the chart's view; a chart drawn for the first time joins
+    // the others' zoom (they may have been zoomed while it was loading).
+    var zoom = keepZoom && chart.plot ? { min: chart.plot.scales.x.min, max: chart.plot.scales.x.max }
+      : (!chart.plot ? sharedZoom : null);
     chart.data = data;
     chart.fetching = false;
     if (chart.plot && chart.hasRule === hasRule) {
@@ -368,6 +372,7 @@
       chart.canvas.textContent = '';
       chart.hasRule = hasRule;
       chart.plot = new uPlot(options(chart, hasRule), aligned(cols, hasRule), chart.canvas);
+      if (zoom) chart.plot.setScale('x', zoom);
     }
     chart.figure.dataset.state = 'drawn';
     chart.figure.dataset.points = String(cols.x.length);
@@ -417,6 +422,7 @@
     var zoomedIn = isZoomed(chart);
     reset.hidden = !zoomedIn;
     chart.figure.dataset.zoomed = zoomedIn ? 'true' : 'false';
+    sharedZoom = zoomedIn ? { min: chart.plot.scales.x.min, max: chart.plot.scales.x.max } : null;
     window.clearTimeout(chart.refineTimer);
     if (!zoomedIn || chart.fetching || !chart.data) return;
     chart.refineTimer = window.setTimeout(function () {

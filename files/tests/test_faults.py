@@ -209,7 +209,7 @@ def test_a_file_that_keeps_killing_its_worker_fails_after_the_last_attempt(
     try:
         enqueue_to(redis_server.url)
         file = services.file_create(
-            owner=owner, upload=upload(metrics_bytes(60_000), "killer.json")
+            owner=owner, upload=upload(metrics_bytes(150_000), "killer.json")
         )
         for attempt in (1, 2):
             wait_for(
@@ -262,7 +262,7 @@ def test_killing_the_whole_worker_redelivers_to_a_new_worker(
     the visibility timeout (10 s here, hard limit + 10 min in production) sends it
     back to the queue, and the new worker processes the file once.
     """
-    records = 50_000
+    records = 120_000
     env = short_limits(fault_env)
     first = start_worker(env, tmp_path, name="worker-a")
     listener = GroupListener(redis_server.url, owner.pk)
@@ -303,7 +303,7 @@ def test_sigterm_during_a_task_loses_nothing(
     whatever the pool child does, the file is never lost — a worker started
     afterwards finishes it if the first did not.
     """
-    records = 100_000
+    records = 200_000
     worker = start_worker(fault_env, tmp_path)
     listener = GroupListener(redis_server.url, owner.pk)
     try:
@@ -501,11 +501,15 @@ def test_redis_restarted_mid_run_loses_no_file_and_no_event(
     client = EventClient(f"{ws_url}&after=0")
     uploaded = []
     try:
-        uploaded.append(api.upload(metrics_bytes(30_000), "inflight.json").json()["id"])
         for n in range(4):
             uploaded.append(
                 api.upload(server_4_bytes(), f"before-{n}.json").json()["id"]
             )
+        # Last and large (about 1.5 s of processing on PostgreSQL): surely still in
+        # flight when Redis dies just after its upload.
+        uploaded.append(
+            api.upload(metrics_bytes(150_000), "inflight.json").json()["id"]
+        )
         in_flight = File.objects.filter(
             pk__in=uploaded, status__in=["queued", "processing"]
         )
@@ -688,7 +692,7 @@ def test_postgresql_restarted_between_and_during_tasks(
         assert second.status_code == 201, second.text
         assert final(second.json()["id"]) == "processed"
 
-        records = 100_000
+        records = 200_000
         big = api.upload(metrics_bytes(records), "big.json").json()["id"]
         wait_for(
             progress_reached(listener, big, 0.3),

@@ -293,13 +293,20 @@ def long_series_bytes(records: int) -> bytes:
     ).encode()
 
 
-def test_zooming_by_keyboard_fetches_finer_points(page, live_stack, account, tmp_path):
+def long_series_processed(page, live_stack, account, tmp_path, name: str):
+    """Signed in, a 3,000-record series uploaded through the page and processed:
+    its row."""
     sign_in(page, live_stack.base_url, account)
-    choose_file(page, tmp_path, "long.json", long_series_bytes(3000))
-    file_row = row(page, "long.json")
+    choose_file(page, tmp_path, name, long_series_bytes(3000))
+    file_row = row(page, name)
     expect(file_row.locator("[data-role=status]")).to_have_text(
         "processed", timeout=TIMEOUT_MS
     )
+    return file_row
+
+
+def test_zooming_by_keyboard_fetches_finer_points(page, live_stack, account, tmp_path):
+    file_row = long_series_processed(page, live_stack, account, tmp_path, "long.json")
     expect(file_row.locator("[data-role=anomalies]")).to_have_text("30")
     file_row.locator("[data-role=name]").click()
     cpu = page.locator("figure.chart[data-metric=cpu_usage]")
@@ -329,12 +336,7 @@ def test_zooming_by_keyboard_fetches_finer_points(page, live_stack, account, tmp
 
 
 def test_a_chart_that_loads_after_a_zoom_joins_it(page, live_stack, account, tmp_path):
-    sign_in(page, live_stack.base_url, account)
-    choose_file(page, tmp_path, "late.json", long_series_bytes(3000))
-    file_row = row(page, "late.json")
-    expect(file_row.locator("[data-role=status]")).to_have_text(
-        "processed", timeout=TIMEOUT_MS
-    )
+    file_row = long_series_processed(page, live_stack, account, tmp_path, "late.json")
     held = []  # the disk_write chart's first request, answered only after the zoom
     page.route(
         re.compile(r".*/metrics/\?metric=disk_write&.*"),

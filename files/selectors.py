@@ -105,18 +105,21 @@ def metric_series(
     }
 
 
+def _bucket_width(first: int, last: int, points: int) -> int:
+    """Positions per bucket for first..last in at most `points` buckets."""
+    return -(-(last - first + 1) // points)  # ceil(span / points)
+
+
 def _bucket_count(first: int, last: int, points: int) -> int:
     """How many buckets positions first..last make at most `points` of."""
-    span = last - first + 1
-    width = -(-span // points)  # ceil(span / points)
-    return -(-span // width)
+    return -(-(last - first + 1) // _bucket_width(first, last, points))
 
 
 def _buckets(
     values: QuerySet[MetricRecord], metric: str, first: int, last: int, points: int
 ) -> list[dict[str, Any]]:
     """Positions first..last in at most `points` buckets of equal width."""
-    width = -(-(last - first + 1) // points)
+    width = _bucket_width(first, last, points)
     return list(
         values.annotate(bucket=Cast((F("index") - first) / width, IntegerField()))
         .values("bucket")

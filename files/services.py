@@ -1,5 +1,6 @@
 """Writes: storing uploads, processing them, and reporting every change as an event."""
 
+import functools
 import hashlib
 import logging
 import sys
@@ -624,20 +625,25 @@ class ResultSink:
             )
 
     def _copy(self, model, columns, rows) -> None:
-        fields = [model._meta.get_field(name) for name in columns]
-        names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-        # Binary COPY spares the server parsing numbers and timestamps from text.
-        # "varchar(255)" -> "varchar": the length is the column's to check.
-        types = [f.db_type(connection).split("(")[0] for f in fields]
-        with (
-            self._raw.cursor() as cursor,
-            cursor.copy(
-                f"COPY {model._meta.db_table} ({names}) FROM STDIN (FORMAT BINARY)"
-            ) as copy,
-        ):
+        sql, types = _copy_statement(model, columns)
+        with self._raw.cursor() as cursor, cursor.copy(sql) as copy:
             copy.set_types(types)
             for row in rows:
                 copy.write_row(row)
+
+
+@functools.cache
+def _copy_statement(model, columns: tuple[str, ...]) -> tuple[str, list[str]]:
+    """The binary COPY into `model`'s table, and the PostgreSQL types of `columns`.
+
+    Binary COPY spares the server parsing numbers and timestamps from text. Derived
+    from the model alone (no connection is opened), so any thread may ask.
+    """
+    fields = [model._meta.get_field(name) for name in columns]
+    names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    # "varchar(255)" -> "varchar": the length is the column's to check.
+    types = [f.db_type(connection).split("(")[0] for f in fields]
+    return f"COPY {model._meta.db_table} ({names}) FROM STDIN (FORMAT BINARY)", types
 
 
 def _text(value: str, limit: int = 1024) -> str:

@@ -196,6 +196,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "files.tasks.recover_stuck_files",
         "schedule": timedelta(seconds=env.int("DWELLFI_SWEEP_SECONDS", default=60)),
     },
+    "files.sweep_leftovers": {
+        "task": "files.tasks.sweep_leftovers",
+        "schedule": timedelta(hours=6),
+    },
 }
 
 # DwellFi's own settings.

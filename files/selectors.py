@@ -1,9 +1,22 @@
 """Reads: what a user may see, and the results the API and pages show."""
 
+import math
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Avg, Count, F, IntegerField, Max, Min, QuerySet
+from django.db import DataError, transaction
+from django.db.models import (
+    Aggregate,
+    Avg,
+    Count,
+    DecimalField,
+    F,
+    IntegerField,
+    Max,
+    Min,
+    Model,
+    QuerySet,
+)
 from django.db.models.functions import Cast
 
 from notifications.models import Event
@@ -37,14 +50,25 @@ def file_snapshot(*, user: AbstractBaseUser) -> list[File]:
     )
 
 
+def _results(model: type[Model], file: File) -> QuerySet:
+    """A file's stored results of one kind: only once processed.
+
+    Until then any rows still stored belong to an earlier generation (the file was
+    replaced or is being processed again), and the next outcome replaces them.
+    """
+    if file.status != File.Status.PROCESSED:
+        return model.objects.none()
+    return model.objects.filter(file_id=file.pk)
+
+
 def anomaly_list(*, file: File) -> QuerySet[Anomaly]:
     """The anomalies found in a file, in record order."""
-    return Anomaly.objects.filter(file=file)
+    return _results(Anomaly, file)
 
 
 def record_error_list(*, file: File) -> QuerySet[RecordError]:
     """The records validation skipped, in document order."""
-    return RecordError.objects.filter(file=file)
+    return _results(RecordError, file)
 
 
 def rules_active() -> list[AnomalyRule]:
@@ -75,7 +99,7 @@ def metric_series(
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
-    records = MetricRecord.objects.filter(file=file)
+    records = _results(MetricRecord, file)
     if server:
         records = records.filter(server=server)
     bounds = records.aggregate(first=Min("index"), last=Max("index"))
@@ -118,7 +142,54 @@ def _bucket_count(first: int, last: int, points: int) -> int:
 def _buckets(
     values: QuerySet[MetricRecord], metric: str, first: int, last: int, points: int
 ) -> list[dict[str, Any]]:
-    """Positions first..last in at most `points` buckets of equal width."""
+    """Positions first..last in at most `points` buckets of equal width.
+
+    The mean is a float average first. Values beyond about 1e154 overflow it
+    (PostgreSQL's avg() squares them; SQLite's sum reaches infinity), and then the
+    buckets are computed again with a mean that cannot overflow.
+    """
+    try:
+        with transaction.atomic():
+            buckets = _bucket_query(values, metric, first, last, points, Avg(metric))
+        if all(math.isfinite(b["mean"]) for b in buckets):
+            return buckets
+    except DataError:
+        pass
+    buckets = _bucket_query(values, metric, first, last, points, _WideAvg(F(metric)))
+    for bucket in buckets:
+        bucket["mean"] = float(bucket["mean"])
+    return buckets
+
+
+class _WideAvg(Aggregate):
+    """The average of float values whose sum or squares overflow a double.
+
+    PostgreSQL averages them as numeric (a decimal, made a float in Python: its
+    own cast refuses subnormal results); elsewhere they are scaled down first
+    (only values far below 1 lose precision, and only in a bucket this extreme).
+    """
+
+    function = "AVG"
+    template = "AVG(%(expressions)s * 1e-300) * 1e300"
+    output_field = DecimalField()
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        return self.as_sql(
+            compiler,
+            connection,
+            template="AVG(CAST(%(expressions)s AS numeric))",
+            **extra_context,
+        )
+
+
+def _bucket_query(
+    values: QuerySet[MetricRecord],
+    metric: str,
+    first: int,
+    last: int,
+    points: int,
+    mean: Aggregate,
+) -> list[dict[str, Any]]:
     width = _bucket_width(first, last, points)
     return list(
         values.annotate(bucket=Cast((F("index") - first) / width, IntegerField()))
@@ -128,7 +199,7 @@ def _buckets(
             end=Max("timestamp"),
             min=Min(metric),
             max=Max(metric),
-            mean=Avg(metric),
+            mean=mean,
             count=Count("id"),
             first=Min("index"),
             last=Max("index"),

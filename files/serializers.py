@@ -75,6 +75,7 @@ class FileSerializer(serializers.ModelSerializer):
             "invalid_record_count",
             "anomaly_count",
             "attempts",
+            "generation",
             "task_id",
             "created_at",
             "updated_at",

@@ -8,11 +8,15 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from ..exceptions import FileGone
+
 logger = logging.getLogger(__name__)
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, with field errors summed up in `detail` and kept in `errors`."""
+    if isinstance(exc, FileGone):
+        exc = Http404()  # deleted while the request ran: as if it never was
     response = drf_exception_handler(exc, context)
     if response is None:
         logger.exception("unhandled error in %s", context.get("view"), exc_info=exc)

@@ -82,3 +82,31 @@ def broken_bytes() -> bytes:
 def upload(content: bytes, name: str = "metrics.json") -> SimpleUploadedFile:
     """An uploaded file as a view or service receives it."""
     return SimpleUploadedFile(name, content, content_type="application/json")
+
+
+RECORD = (
+    '{"timestamp":"2024-09-%02dT%02d:%02d:%02dZ","cpu_usage":%d,"memory_usage":50,'
+    '"disk_read":100,"disk_write":200,"network_in":300,"network_out":400,'
+    '"response_time":%d}'
+)
+
+
+def metrics_bytes(records: int) -> bytes:
+    """A one-server export, a record a second; every tenth has cpu_usage 90 (>85)."""
+    rows = ",".join(
+        RECORD
+        % (
+            10 + i // 86400,
+            i // 3600 % 24,
+            i // 60 % 60,
+            i % 60,
+            90 if i % 10 == 0 else 40,
+            i % 150,
+        )
+        for i in range(records)
+    )
+    return f'{{"server_id":"s1","metrics":[{rows}]}}'.encode()
+
+
+def expected_anomalies(records: int) -> int:
+    return (records + 9) // 10

@@ -26,6 +26,7 @@ FILE_FIELDS = {
     "record_count",
     "invalid_record_count",
     "anomaly_count",
+    "generation",
     "attempts",
     "task_id",
     "created_at",

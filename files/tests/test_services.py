@@ -6,11 +6,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
-from files import engine, services
+from files import engine, services, sink
 from files.models import Anomaly, AnomalyRule, File, MetricRecord, RecordError
 from notifications.models import Event
 
@@ -29,9 +28,12 @@ pytestmark = pytest.mark.django_db
 def enqueued(monkeypatch) -> list[tuple[int, str]]:
     """The tasks sent to the broker, instead of sending them."""
     sent: list[tuple[int, str]] = []
-    monkeypatch.setattr(
-        services, "enqueue", lambda *, file_id, task_id: sent.append((file_id, task_id))
-    )
+
+    def enqueue(*, file_id: int, task_id: str) -> bool:
+        sent.append((file_id, task_id))
+        return True
+
+    monkeypatch.setattr(services, "enqueue", enqueue)
     return sent
 
 
@@ -375,8 +377,7 @@ def test_a_failed_write_leaves_no_results(
     user, rules, enqueued, many_batches, monkeypatch
 ):
     # On PostgreSQL the COPY runs in the writer thread: its error must come back.
-    name = "_copy" if connection.vendor == "postgresql" else "_write"
-    real = getattr(services.ResultSink, name)
+    real = sink.ResultSink._store
     writes = []
 
     def failing(self, *args):
@@ -385,7 +386,7 @@ def test_a_failed_write_leaves_no_results(
             raise RuntimeError("disk full")
         real(self, *args)
 
-    monkeypatch.setattr(services.ResultSink, name, failing)
+    monkeypatch.setattr(sink.ResultSink, "_store", failing)
     file = create(user, long_document())
     with pytest.raises(RuntimeError, match="disk full"):
         services.file_process(file_id=file.pk, task_id=file.task_id)

@@ -309,16 +309,17 @@ def test_seed_upload_keeps_the_seed_shape(api, user):
         },
         format="multipart",
     )
-    assert response.status_code == 201
+    assert response.status_code == 200
     body = response.json()
     assert set(body) == SEED_FIELDS
     assert (body["filename"], body["type"], body["task_status"]) == (
         "nice.json",
         "metrics",
-        "queued",
+        "processing",
     )
     assert body["is_processed"] is False
-    assert body["created_by_id"] == body["updated_by_id"] == user.pk
+    assert body["created_by_id"] == body["updated_by_id"] == str(user.pk)
+    assert body["meta_data"] == {"statistics": {}, "metrics": []}
 
 
 def test_seed_upload_refuses_a_malformed_form_field(api):
@@ -337,11 +338,15 @@ def test_seed_reads(api, user, rules):
     file = processed_file(user)
     listing = api.get("/files/files/").json()
     assert [f["id"] for f in listing] == [file.pk]
+    # The list stays small: the statistics, not the records.
+    assert "metrics" not in listing[0]["meta_data"]
+    assert listing[0]["meta_data"]["statistics"]["cpu_usage"]["max"] == 860
     for path in (f"/files/files/{file.pk}", f"/files/{file.pk}", f"/files/{file.pk}/"):
         body = api.get(path).json()
         assert set(body) == SEED_FIELDS
         assert body["is_processed"] is True and body["task_status"] == "processed"
         assert body["meta_data"]["anomaly_count"] == 27
+        assert len(body["meta_data"]["metrics"]) == 9
 
 
 def test_seed_task_status_is_the_error_text(api, user, rules):
@@ -366,4 +371,6 @@ def test_seed_update_changes_details_and_content(api, user, rules):
         {"file": SimpleUploadedFile("v2.json", b"[1]")},
         format="multipart",
     )
-    assert response.json()["task_status"] == "queued"
+    assert response.status_code == 200
+    assert response.json()["task_status"] == "processing"
+

@@ -374,3 +374,39 @@ def test_seed_update_changes_details_and_content(api, user, rules):
     assert response.status_code == 200
     assert response.json()["task_status"] == "processing"
 
+
+# --- CORS: a browser build of a client on another origin ----------------------------
+
+APP_ORIGIN = "http://localhost:55955"
+
+
+def test_a_preflight_for_put_with_a_token_is_answered(client, settings, user):
+    settings.CORS_ALLOWED_ORIGINS = [APP_ORIGIN]
+    file = services.file_create(owner=user, upload=upload(server_4_bytes()))
+    response = client.options(
+        f"/files/updatefile/{file.pk}",
+        HTTP_ORIGIN=APP_ORIGIN,
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="PUT",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization,content-type",
+    )
+    assert response.status_code == 200
+    assert response["Access-Control-Allow-Origin"] == APP_ORIGIN
+    assert "PUT" in response["Access-Control-Allow-Methods"]
+    assert "authorization" in response["Access-Control-Allow-Headers"]
+    assert "Access-Control-Allow-Credentials" not in response
+
+
+def test_answers_to_an_allowed_origin_carry_the_cors_header(api, settings):
+    settings.CORS_ALLOWED_ORIGINS = [APP_ORIGIN]
+    allowed = api.get("/files/files/", HTTP_ORIGIN=APP_ORIGIN)
+    assert allowed["Access-Control-Allow-Origin"] == APP_ORIGIN
+    other = api.get("/files/files/", HTTP_ORIGIN="https://evil.example")
+    assert "Access-Control-Allow-Origin" not in other
+    page = api.get("/login/", HTTP_ORIGIN=APP_ORIGIN)  # only the API
+    assert "Access-Control-Allow-Origin" not in page
+
+
+def test_no_origin_is_allowed_by_default(api):
+    response = api.get("/api/files/", HTTP_ORIGIN=APP_ORIGIN)
+    assert response.status_code == 200
+    assert "Access-Control-Allow-Origin" not in response

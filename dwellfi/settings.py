@@ -55,10 +55,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "dwellfi.logging.RequestIdMiddleware",
-    # Before anything that answers on its own (413, redirects): preflights are
+    "django.middleware.security.SecurityMiddleware",
+    # Before anything else that answers on its own (a 413, say): preflights are
     # answered here, and every answer to an allowed origin carries its headers.
     "corsheaders.middleware.CorsMiddleware",
-    "django.middleware.security.SecurityMiddleware",
     # Before anything reads the body: sizes it by what was received (413, chunked).
     "files.uploads.RequestBodyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

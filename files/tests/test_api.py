@@ -394,6 +394,7 @@ def test_a_preflight_for_put_with_a_token_is_answered(client, settings, user):
     assert "PUT" in response["Access-Control-Allow-Methods"]
     assert "authorization" in response["Access-Control-Allow-Headers"]
     assert "Access-Control-Allow-Credentials" not in response
+    assert response["X-Content-Type-Options"] == "nosniff"  # after SecurityMiddleware
 
 
 def test_answers_to_an_allowed_origin_carry_the_cors_header(api, settings):

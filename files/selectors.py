@@ -14,7 +14,6 @@ from django.db.models import (
     IntegerField,
     Max,
     Min,
-    Model,
     QuerySet,
 )
 from django.db.models.functions import Cast
@@ -50,25 +49,14 @@ def file_snapshot(*, user: AbstractBaseUser) -> list[File]:
     )
 
 
-def _results(model: type[Model], file: File) -> QuerySet:
-    """A file's stored results of one kind: only once processed.
-
-    Until then any rows still stored belong to an earlier generation (the file was
-    replaced or is being processed again), and the next outcome replaces them.
-    """
-    if file.status != File.Status.PROCESSED:
-        return model.objects.none()
-    return model.objects.filter(file_id=file.pk)
-
-
 def anomaly_list(*, file: File) -> QuerySet[Anomaly]:
     """The anomalies found in a file, in record order."""
-    return _results(Anomaly, file)
+    return Anomaly.objects.filter(file=file)
 
 
 def record_error_list(*, file: File) -> QuerySet[RecordError]:
     """The records validation skipped, in document order."""
-    return _results(RecordError, file)
+    return RecordError.objects.filter(file=file)
 
 
 def rules_active() -> list[AnomalyRule]:
@@ -99,7 +87,7 @@ def metric_series(
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
-    records = _results(MetricRecord, file)
+    records = MetricRecord.objects.filter(file=file)
     if server:
         records = records.filter(server=server)
     bounds = records.aggregate(first=Min("index"), last=Max("index"))

@@ -268,10 +268,11 @@ def _new_task_id() -> str:
 
 
 def _requeue(file: File, **changes: Any) -> None:
-    """Queue the locked file again as its next generation, results cleared.
+    """Queue the locked file again as its next generation.
 
-    A run of the previous generation stops at its next batch. Attempts start from
-    zero unless `changes` keeps them.
+    A run of the previous generation stops at its next batch. The last outcome's
+    results (and the counts and summary that describe them) stay until the new
+    one replaces them. Attempts start from zero unless `changes` keeps them.
     """
     _save(
         file,
@@ -281,10 +282,6 @@ def _requeue(file: File, **changes: Any) -> None:
             "status": File.Status.QUEUED,
             "progress": 0.0,
             "error": None,
-            "summary": {},
-            "record_count": 0,
-            "invalid_record_count": 0,
-            "anomaly_count": 0,
             "attempts": 0,
             "started_at": None,
             "finished_at": None,

@@ -2,12 +2,16 @@
 
 import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 _counter = itertools.count(1)
+
+# The seed system's real files, beside the repository: ../shared/samples.
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 
 # The seed system's sample `server_4.json`: 9 records, 27 anomalies under the
 # default rules.

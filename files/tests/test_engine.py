@@ -7,7 +7,6 @@ import random
 import time
 import tracemalloc
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from types import SimpleNamespace
 
 import ijson
@@ -28,9 +27,7 @@ from files.engine import (
     RecordIssue,
     Rule,
 )
-
-SAMPLES = Path("/work/shared/samples")
-
+from files.tests.factories import SAMPLES
 
 # --- helpers ---------------------------------------------------------------------
 
@@ -149,8 +146,6 @@ def sample_like(count: int = 9) -> bytes:
 
 def test_sample_server_4() -> None:
     path = SAMPLES / "server_4.json"
-    if not path.exists():
-        pytest.skip("samples not present")
     outcome, sink = run(path.read_bytes())
     assert outcome.kind == "server_metrics"
     assert outcome.record_count == 9
@@ -163,8 +158,6 @@ def test_sample_server_4() -> None:
 
 def test_sample_broken() -> None:
     path = SAMPLES / "server_1_broken.json"
-    if not path.exists():
-        pytest.skip("samples not present")
     error = malformed(path.read_bytes())
     assert position(error) == (
         "Expecting ',' or ']' after an array element",
@@ -965,8 +958,7 @@ VALID_DOCUMENTS = [
 
 def test_strict_and_fast_events_agree() -> None:
     documents = [*VALID_DOCUMENTS, sample_like(20)]
-    if (SAMPLES / "server_4.json").exists():
-        documents.append((SAMPLES / "server_4.json").read_bytes())
+    documents.append((SAMPLES / "server_4.json").read_bytes())
     for doc in documents:
         expected = list(ijson.basic_parse(io.BytesIO(doc), use_float=True))
         assert fast_events(doc) == expected, doc

@@ -10,14 +10,13 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from rest_framework.authtoken.models import Token
 
 from conftest import EventClient
 
-from .factories import broken_bytes, server_4_bytes, user_create
+from .factories import SAMPLES, user_create
 from .seed_app import (
     Api,
     DartError,
@@ -33,10 +32,6 @@ from .seed_app import (
     socket_url,
 )
 
-# The seed system's sample files sit beside the repository (../shared/samples);
-# a clone without them uses the factories' equivalents.
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
-
 
 @dataclass
 class Samples:
@@ -47,13 +42,11 @@ class Samples:
 
 @pytest.fixture
 def samples() -> Samples:
-    if (SAMPLES / "server_4.json").exists():
-        return Samples(
-            (SAMPLES / "server_4.json").read_bytes(),
-            (SAMPLES / "server_1_broken.json").read_bytes(),
-            "line 77, column 20; byte offset 1902",
-        )
-    return Samples(server_4_bytes(), broken_bytes(), "line 13, column 20")
+    return Samples(
+        (SAMPLES / "server_4.json").read_bytes(),
+        (SAMPLES / "server_1_broken.json").read_bytes(),
+        "line 77, column 20; byte offset 1902",
+    )
 
 
 @pytest.fixture

@@ -99,3 +99,33 @@ def test_the_selection_takes_a_few_queries_whatever_the_size(
     with django_assert_max_num_queries(4):
         records = selectors.metric_record_sample(file=file, limit=100)
     assert len(records) == 100
+
+
+# --- chart series ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1e200, -1e200, 1e200, -3e200],
+        [1e308, 1e308, 1.7976931348623157e308, 1e308],
+        [5e-324, 5e-324, 1e-310, 3e-310],
+        [-0.0, 10.0, 20.0, 30.0],
+    ],
+)
+def test_a_bucket_of_extreme_values_has_a_finite_mean(user, rules, values):
+    file = processed(user, values)
+
+    series = selectors.metric_series(file=file, metric="cpu_usage", points=2)
+
+    buckets = series["series"]
+    assert [b["count"] for b in buckets] == [2, 2]
+    assert [b["mean"] for b in buckets] == pytest.approx(
+        [values[0] / 2 + values[1] / 2, values[2] / 2 + values[3] / 2],
+        rel=1e-9,
+        abs=1e-320,
+    )
+    assert [(b["min"], b["max"]) for b in buckets] == [
+        (min(values[:2]), max(values[:2])),
+        (min(values[2:]), max(values[2:])),
+    ]

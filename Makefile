@@ -1,6 +1,7 @@
 # DwellFi: `make run` starts the whole stack locally, `make test` runs the suite.
-# Both work from a fresh clone: the virtualenv is made (again) when requirements.txt
-# changes. Configuration comes from the environment (see .env.example).
+# Both work from a fresh clone: the virtualenv is made (again) when a requirements
+# file changes (requirements.txt: what runs; requirements-dev.txt: plus the local
+# stack's and the tests' tools). Configuration comes from the environment (see .env.example).
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,13 +14,14 @@ ARGS ?=
 
 .PHONY: run test bench lint fmt check-deploy clean
 
-# run: migrate, then daphne, a Celery worker and beat on http://127.0.0.1:$(PORT)
+# run: migrate, then the Procfile (daphne, a Celery worker, beat, and an embedded
+# Redis without REDIS_URL) on http://127.0.0.1:$(PORT)
 run: $(STAMP) $(NODE_STAMP)
-	PORT=$(PORT) exec $(BIN)/python -m dwellfi.devstack run
+	PORT=$(PORT) exec $(BIN)/python -m dwellfi.dev run
 
 # test: the whole suite; pytest arguments through ARGS="-k upload -x"
 test: $(STAMP) $(NODE_STAMP)
-	exec $(BIN)/python -m dwellfi.devstack test $(ARGS)
+	exec $(BIN)/python -m dwellfi.dev test $(ARGS)
 
 # bench: the benchmarks against the PostgreSQL and Redis in DATABASE_URL/REDIS_URL
 # (default: the local servers, database dwellfi_bench); prints a markdown table
@@ -45,9 +47,9 @@ clean:
 	rm -rf var staticfiles node_modules .pytest_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 $(NODE_STAMP): package-lock.json

@@ -6,8 +6,6 @@ database and the configured Redis, for the end-to-end tests.
 
 import os
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +16,8 @@ from django.conf import settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from bench.stack import answers_http, free_port, web_command, worker_command
+from dwellfi import processes
+from dwellfi.processes import Process, answers_redis, free_port, redis_command
 from files.engine import DEFAULT_RULES
 from files.models import AnomalyRule
 from files.tests.factories import user_create
@@ -107,28 +106,6 @@ def database_url() -> str:
 
 
 @dataclass
-class Process:
-    """A child process the tests started, with its log file."""
-
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        if self.popen.poll() is not None:
-            return
-        os.killpg(self.popen.pid, sig)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(5)
-
-
-@dataclass
 class LiveStack:
     """daphne and a Celery worker running against the test database."""
 
@@ -142,22 +119,13 @@ def start_process(
     name: str, args: list[str], env: dict[str, str], logdir: Path
 ) -> Process:
     """Start a child in its own process group so it is stopped with all its children."""
-    log = logdir / f"{name}.log"
-    handle = log.open("wb")
-    popen = subprocess.Popen(
-        args,
-        cwd=BASE_DIR,
-        env=env,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return Process(name, popen, log)
+    return processes.start(name, args, env=env, logdir=logdir)
 
 
 def wait_for(
     predicate, *, timeout: float, what: str, process: Process | None = None
 ) -> None:
+    """Poll `predicate`; RuntimeError if `process` exits first, TimeoutError after."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.popen.poll() is not None:
@@ -188,22 +156,15 @@ def start_worker(
     concurrency: int = 1,
     app: str = "dwellfi",
 ) -> Process:
-    worker = start_process(
-        name,
-        worker_command(name, concurrency, "--pool", "prefork", app=app),
-        env,
-        logdir,
+    return processes.start_worker(
+        name, env=env, logdir=logdir, concurrency=concurrency, app=app
     )
-    wait_for(lambda: "ready." in worker.output(), timeout=60, what=name, process=worker)
-    return worker
 
 
 def start_web(
     env: dict[str, str], logdir: Path, port: int, name: str = "web"
 ) -> Process:
-    web = start_process(name, web_command(port), env, logdir)
-    wait_for(lambda: answers_http(port), timeout=60, what=name, process=web)
-    return web
+    return processes.start_web(name, port, env=env, logdir=logdir)
 
 
 @pytest.fixture(scope="session")
@@ -260,31 +221,16 @@ class RedisServer:
 
     def start(self) -> None:
         self.starts += 1
-        self.process = start_process(
+        self.process = processes.start(
             f"redis-{self.port}-{self.starts}",
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            dict(os.environ),
-            self.logdir,
+            redis_command(self.port),
+            env=dict(os.environ),
+            logdir=self.logdir,
+            ready=lambda _: self.answers(),
         )
-        wait_for(self.answers, timeout=10, what="redis", process=self.process)
 
     def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), 0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return answers_redis(self.port)
 
     def output(self) -> str:
         """The log of the current (or last) run."""

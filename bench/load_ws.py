@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import websockets
 
-from bench.stack import Stack, answers_redis, free_port, manage
+from bench.stack import Stack, free_port, manage
 
 OUTCOMES = {"file.processed", "file.failed"}
 CREATE_USERS = """
@@ -293,22 +293,7 @@ def main() -> int:
         "PYTHONUNBUFFERED": "1",
     }
     try:
-        stack.start(
-            "redis",
-            [
-                "redis-server",
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            env,
-        )
-        stack.wait_for("redis", lambda: answers_redis(redis_port))
+        stack.start_redis("redis", redis_port, env)
         manage(env, "migrate", "--noinput")
         script = CREATE_USERS.format(users=args.users, run=int(time.time()))
         output = manage(env, "shell", "-c", script)

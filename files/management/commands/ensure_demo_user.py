@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
-from dwellfi.devstack import (
+from dwellfi.demo import (
     DEMO_CREDENTIALS_FILE,
     read_demo_credentials,
     write_demo_credentials,

@@ -51,6 +51,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "dwellfi.logging.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before anything reads the query, the cookies (the session) or the headers.
+    "dwellfi.middleware.nul_character_middleware",
     # Before anything reads the body: sizes it by what was received (413, chunked).
     "files.uploads.RequestBodyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -259,8 +261,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PARSER_CLASSES": [
         "files.api.parsers.SafeJSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
+        "files.api.parsers.StrictFormParser",
+        "files.api.parsers.StrictMultiPartParser",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "files.api.errors.exception_handler",
@@ -313,13 +315,16 @@ X_FRAME_OPTIONS = "DENY"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "dwellfi.logging.ContextFilter"}},
+    "filters": {
+        "context": {"()": "dwellfi.logging.ContextFilter"},
+        "refusals": {"()": "dwellfi.logging.RefusalFilter"},
+    },
     "formatters": {"json": {"()": "dwellfi.logging.JsonFormatter"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json",
-            "filters": ["context"],
+            "filters": ["context", "refusals"],
         }
     },
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", "INFO")},

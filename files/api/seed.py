@@ -3,7 +3,6 @@
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -11,6 +10,7 @@ from rest_framework.views import APIView
 from .. import selectors, services
 from ..models import File
 from ..serializers import SeedFileSerializer, SeedUpdateSerializer, SeedUploadSerializer
+from .parsers import StrictFormParser, StrictMultiPartParser
 from .schema import ApiSchema, multipart
 from .views import UploadThrottle, log_upload
 
@@ -30,7 +30,7 @@ class SeedUploadView(APIView):
     """`POST /files/uploadfile/`: multipart `file`, optional `file_data_create_form`."""
 
     schema = ApiSchema()
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [StrictMultiPartParser, StrictFormParser]
     throttle_classes = [UploadThrottle]
 
     @extend_schema(
@@ -76,7 +76,7 @@ class SeedUpdateView(APIView):
     """`PUT /files/updatefile/{id}`: optional `file` and `file_update_form`."""
 
     schema = ApiSchema()
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [StrictMultiPartParser, StrictFormParser]
     throttle_classes = [UploadThrottle]
 
     @extend_schema(

@@ -12,7 +12,6 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import UserRateThrottle
@@ -30,6 +29,7 @@ from ..serializers import (
     MetricSeriesSerializer,
     RecordErrorSerializer,
 )
+from .parsers import StrictFormParser, StrictMultiPartParser
 from .schema import ApiSchema, multipart
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class FileViewSet(
     ordering = ["-created_at", "-id"]
     http_method_names = ["get", "post", "put", "delete", "head", "options"]
     # The only request bodies here are uploads.
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [StrictMultiPartParser, StrictFormParser]
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation

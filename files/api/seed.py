@@ -12,7 +12,8 @@ from ..models import File
 from ..serializers import SeedFileSerializer, SeedUpdateSerializer, SeedUploadSerializer
 from .parsers import StrictFormParser, StrictMultiPartParser
 from .schema import ApiSchema, multipart
-from .views import UploadThrottle, log_upload
+from .throttles import UploadThrottle
+from .views import log_upload
 
 FILE_ID = OpenApiParameter(
     "id", int, OpenApiParameter.PATH, description="The file's id."

@@ -14,7 +14,6 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import UserRateThrottle
 
 from notifications.models import Event
 
@@ -31,6 +30,7 @@ from ..serializers import (
 )
 from .parsers import StrictFormParser, StrictMultiPartParser
 from .schema import ApiSchema, multipart
+from .throttles import UploadThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,6 @@ def log_upload(file: File, *, replaced: bool = False) -> None:
         "file replaced" if replaced else "file uploaded",
         extra={"file_id": file.pk, "size": file.size, "task_id": file.task_id},
     )
-
-
-class UploadThrottle(UserRateThrottle):
-    """Uploads per user, counted in the shared cache (Redis) across web processes."""
-
-    scope = "uploads"
 
 
 ORDERING_FIELDS = [

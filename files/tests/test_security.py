@@ -13,7 +13,10 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -26,7 +29,7 @@ from rest_framework.test import APIClient
 
 from conftest import RedisServer, free_port, live_env, start_web
 from files import services
-from files.api.views import UploadThrottle
+from files.api.throttles import UploadThrottle
 from files.models import File
 
 from .factories import server_4_bytes, user_create
@@ -134,7 +137,8 @@ def test_uploads_are_throttled_per_user_in_redis(api, user, other_user, monkeypa
     import redis
 
     monkeypatch.setattr(UploadThrottle, "THROTTLE_RATES", {"uploads": "3/min"})
-    key = f"{settings.CACHES['default']['KEY_PREFIX']}:1:throttle_uploads_{user.pk}"
+    prefix = settings.CACHES["default"]["KEY_PREFIX"]
+    key = f"{prefix}:1:throttle_window_uploads_{user.pk}"
     store = redis.Redis.from_url(settings.REDIS_URL)
     store.delete(key, key.replace(str(user.pk), str(other_user.pk)))
 
@@ -163,6 +167,25 @@ def test_uploads_are_throttled_per_user_in_redis(api, user, other_user, monkeypa
 
     store.delete(key)  # as if another process saw the window expire
     assert api.post("/api/files/", multipart_file(server_4_bytes())).status_code == 201
+
+
+def test_concurrent_uploads_of_one_user_pass_exactly_at_the_rate(user, monkeypatch):
+    """DRF's throttle read and wrote the history without a lock: 8 uploads at once
+    left a history of 6. Here 20 at once, at a rate of 5 a minute: exactly 5 pass,
+    the others are told when to retry."""
+    monkeypatch.setattr(UploadThrottle, "THROTTLE_RATES", {"uploads": "5/min"})
+    request = SimpleNamespace(user=user)
+    start = threading.Barrier(20)
+
+    def attempt(_: int) -> tuple[bool, float | None]:
+        throttle = UploadThrottle()
+        start.wait()
+        return throttle.allow_request(request, None), throttle.wait()
+
+    with ThreadPoolExecutor(20) as pool:
+        outcomes = list(pool.map(attempt, range(20)))
+    assert [allowed for allowed, _ in outcomes].count(True) == 5
+    assert all(0 < wait <= 60 for allowed, wait in outcomes if not allowed)
 
 
 def test_the_throttle_lets_uploads_through_when_redis_is_down(api, settings):

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_results",
     "channels",
+    "axes",
     "files",
     "notifications",
 ]
@@ -62,6 +63,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: answers a locked-out sign-in with its 429.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dwellfi.urls"
@@ -287,6 +290,26 @@ AUTH_PASSWORD_VALIDATORS = [
         "NumericPasswordValidator",
     )
 ]
+# Sign-in attempts (django-axes): after DWELLFI_LOGIN_FAILURE_LIMIT wrong passwords
+# in a row for one username from one address, that pair is refused (429) for
+# DWELLFI_LOGIN_COOLOFF_MINUTES. The pair, not the address alone, so colleagues
+# behind one NAT are not locked out by one another, and not the username alone, so
+# a stranger cannot lock a user out. Attempts are rows in the database (shared by
+# every web process, in the admin); successful sign-ins are not logged (unbounded).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("DWELLFI_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(
+    minutes=env.int("DWELLFI_LOGIN_COOLOFF_MINUTES", default=15)
+)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True
+AXES_LOCKOUT_CALLABLE = "files.api.errors.locked_out"
+AXES_VERBOSE = False  # no banner on every manage.py command
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"

@@ -118,6 +118,27 @@ def bad_request(
     return render(request, "400.html", {"detail": detail}, status=400)
 
 
+def locked_out(
+    request: HttpRequest,
+    original_response: HttpResponse | None = None,
+    credentials: dict[str, Any] | None = None,
+) -> HttpResponse:
+    """429 after too many failed sign-ins (django-axes' lockout response)."""
+    seconds = int(settings.AXES_COOLOFF_TIME.total_seconds())
+    detail = (
+        f"{settings.AXES_FAILURE_LIMIT} wrong passwords in a row: signing in with "
+        f"this username from here is paused for {round(seconds / 60)} minutes. "
+        "An administrator can lift the pause sooner."
+    )
+    if wants_json(request):
+        response = JsonResponse({"detail": detail}, status=429)
+    else:
+        context = {"detail": detail}
+        response = render(request, "registration/locked_out.html", context, status=429)
+    response["Retry-After"] = str(seconds)
+    return response
+
+
 def not_found(request: HttpRequest, exception: Exception | None = None):
     """404: JSON for API clients, the friendly page for browsers."""
     from django.views.defaults import page_not_found

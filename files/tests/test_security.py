@@ -205,6 +205,54 @@ def test_the_throttle_lets_uploads_through_when_redis_is_down(api, settings):
     assert response.status_code == 201
 
 
+# --- sign-in attempts ---------------------------------------------------------------
+
+
+def sign_in(
+    http: httpx.Client, username: str, password: str, **headers: str
+) -> httpx.Response:
+    """Submit the sign-in form as a browser does (the page first, for the CSRF token)."""
+    http.get("/login/")
+    form = {
+        "username": username,
+        "password": password,
+        "csrfmiddlewaretoken": http.cookies["csrftoken"],
+    }
+    return http.post("/login/", data=form, headers=headers)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_sign_ins_are_paused_after_five_wrong_passwords(live_stack):
+    """Through daphne (django-axes): the fifth wrong password in a row for a user is
+    answered 429 with a page saying why and for how long, and so is every attempt
+    after it, the right password included; other users signing in from the same
+    address are not affected. JSON clients get the reason as JSON."""
+    victim, colleague = user_create(), user_create()
+    with httpx.Client(base_url=live_stack.base_url) as http:
+        for attempt in range(4):
+            wrong = sign_in(http, victim.username, "wrong")
+            assert wrong.status_code == 200, attempt  # the form again, with its error
+            assert "Please enter a correct username and password" in wrong.text
+        for password in ("wrong", "pw-test-123"):
+            refused = sign_in(http, victim.username, password)
+            assert refused.status_code == 429
+            assert "Too many failed sign-in attempts" in refused.text
+            assert "paused for 15 minutes" in refused.text
+            assert refused.headers["Retry-After"] == "900"
+        assert "sessionid" not in http.cookies
+        as_json = sign_in(
+            http, victim.username, "pw-test-123", Accept="application/json"
+        )
+        assert as_json.status_code == 429
+        assert as_json.json()["detail"].startswith("5 wrong passwords in a row")
+
+    with httpx.Client(base_url=live_stack.base_url) as http:
+        signed_in = sign_in(http, colleague.username, "pw-test-123")
+        assert signed_in.status_code == 302
+        assert "sessionid" in http.cookies
+
+
 # --- size limits ----------------------------------------------------------------------
 
 

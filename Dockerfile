@@ -29,6 +29,9 @@ RUN DJANGO_DEBUG=0 DJANGO_SECRET_KEY=collectstatic-only-build-key \
     python manage.py collectstatic --noinput
 
 USER dwellfi
-ENV DWELLFI_MEDIA_ROOT=/data/media
+# Production unless told otherwise, for every process of the image (web, worker,
+# beat, manage.py): a secret key and allowed hosts are then required.
+ENV DJANGO_DEBUG=0 \
+    DWELLFI_MEDIA_ROOT=/data/media
 EXPOSE 8000
 CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--proxy-headers", "dwellfi.asgi:application"]

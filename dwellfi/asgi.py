@@ -1,10 +1,21 @@
-"""ASGI entry point: Django for HTTP, Channels for the notification WebSocket."""
+"""ASGI entry point: Django for HTTP, Channels for the notification WebSocket.
+
+The application daphne serves defaults to production: unless DJANGO_DEBUG says
+otherwise it is off, so a secret key and allowed hosts are required (`manage.py`
+keeps the settings' development default; `make run` and `make test` set
+DJANGO_DEBUG=1 for the processes they start).
+"""
 
 import os
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dwellfi.settings")
+if not settings.configured:
+    # This module starts the process (daphne). Under `manage.py runserver` or the
+    # tests the settings are already loaded, and keep the mode they were loaded in.
+    os.environ.setdefault("DJANGO_DEBUG", "0")
 
 # Django must be set up before anything imports models.
 django_asgi_app = get_asgi_application()

@@ -245,11 +245,20 @@ def start_embedded_redis() -> tuple[Child, str]:
     raise StackError(f"the embedded Redis server did not start; see {log}")
 
 
-def django_debug() -> bool:
-    """DJANGO_DEBUG read exactly as the settings read it."""
+def development_env() -> dict[str, str]:
+    """This process's environment, in development mode unless DJANGO_DEBUG is set.
+
+    daphne's application defaults to production (dwellfi/asgi.py): the processes
+    started here get DJANGO_DEBUG=1 unless the caller chose otherwise.
+    """
+    return {"DJANGO_DEBUG": "1", **os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def django_debug(env: dict[str, str]) -> bool:
+    """DJANGO_DEBUG in `env`, read exactly as the settings read it."""
     import environ
 
-    return environ.Env().bool("DJANGO_DEBUG", default=True)
+    return environ.Env.parse_value(env["DJANGO_DEBUG"], bool)
 
 
 def write_demo_credentials(values: dict[str, str]) -> None:
@@ -325,12 +334,12 @@ class Supervisor:
         if port_accepts(self.port):
             raise StackError(f"port {self.port} is in use: try `make run PORT=8001`")
         VAR_DIR.mkdir(exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = development_env()
         if not env.get("REDIS_URL"):
             redis, env["REDIS_URL"] = start_embedded_redis()
             self.services.append(redis)
             say(f"Embedded Redis at {env['REDIS_URL']} (log: var/redis/redis.log)")
-        debug = django_debug()
+        debug = django_debug(env)
         steps = [("migrate", "--noinput")]
         if not debug:
             steps.append(("collectstatic", "--noinput"))
@@ -421,7 +430,7 @@ def run_tests(pytest_args: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     VAR_DIR.mkdir(exist_ok=True)
-    env = dict(os.environ)
+    env = development_env()
     redis: Child | None = None
     try:
         if not env.get("REDIS_URL"):

@@ -27,7 +27,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.schemas.generators import EndpointEnumerator
 from rest_framework.test import APIClient
 
-from conftest import RedisServer, free_port, live_env, start_web
+from bench.stack import web_command
+from conftest import RedisServer, free_port, live_env, start_process, start_web
 from files import services
 from files.api.throttles import UploadThrottle
 from files.models import File
@@ -211,7 +212,7 @@ def test_the_throttle_lets_uploads_through_when_redis_is_down(api, settings):
 def sign_in(
     http: httpx.Client, username: str, password: str, **headers: str
 ) -> httpx.Response:
-    """Submit the sign-in form as a browser does (the page first, for the CSRF token)."""
+    """Submit the sign-in form as a browser does (the page first: the CSRF token)."""
     http.get("/login/")
     form = {
         "username": username,
@@ -560,11 +561,44 @@ def test_production_refuses_to_start_without_a_secret_key():
     assert "DJANGO_SECRET_KEY" in result.stderr
 
 
+SHOW_DEBUG = "from django.conf import settings; print(settings.DEBUG)"
+
+
+def test_manage_py_defaults_to_development():
+    """Beside `make run`, `manage.py createsuperuser` or `drf_create_token` work
+    with nothing set: manage.py loads the development settings."""
+    unset = ("DJANGO_DEBUG", "DJANGO_SECRET_KEY")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", SHOW_DEBUG],
+        cwd=settings.BASE_DIR,
+        env={k: v for k, v in os.environ.items() if k not in unset},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_daphne_defaults_to_production_and_needs_a_secret_key(tmp_path):
+    """daphne serving `dwellfi.asgi:application` with neither DJANGO_DEBUG nor a
+    secret key set does not start in development mode: it refuses to start."""
+    env = production_env(**live_env(tmp_path))
+    del env["DJANGO_DEBUG"], env["DJANGO_SECRET_KEY"]
+    web = start_process("web", web_command(free_port()), env, tmp_path)
+    try:
+        assert web.popen.wait(60) != 0
+    finally:
+        web.stop()
+    assert "Set the DJANGO_SECRET_KEY environment variable" in web.output()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_production_daphne_redirects_to_https_and_sends_hsts(tmp_path):
-    """DEBUG off, behind a TLS proxy: plain HTTP is redirected (except /healthz),
-    HTTPS answers carry HSTS, unknown hosts are refused. (Secure cookies and the
-    rest are what `check --deploy` verifies.)"""
+    """No DJANGO_DEBUG at all, so production (dwellfi/asgi.py's default), behind a
+    TLS proxy: plain HTTP is redirected (except /healthz), HTTPS answers carry
+    HSTS, unknown hosts are refused. (Secure cookies and the rest are what
+    `check --deploy` verifies.)"""
     env = production_env(
         **{
             k: v
@@ -572,6 +606,7 @@ def test_production_daphne_redirects_to_https_and_sends_hsts(tmp_path):
             if k.startswith(("DATABASE", "REDIS", "DWELLFI_MEDIA"))
         }
     )
+    del env["DJANGO_DEBUG"]
     port = free_port()
     web = start_web(env, tmp_path, port)
     try:

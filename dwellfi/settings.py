@@ -211,6 +211,10 @@ DWELLFI_MAX_ATTEMPTS = env.int("DWELLFI_MAX_ATTEMPTS", default=3)
 # A queued file older than this is enqueued again (the broker may have been down).
 DWELLFI_QUEUED_GRACE_SECONDS = env.int("DWELLFI_QUEUED_GRACE_SECONDS", default=5 * 60)
 DWELLFI_PROGRESS_INTERVAL = env.float("DWELLFI_PROGRESS_INTERVAL", default=0.25)
+# Behind nginx: the internal location that serves the media root, to which
+# downloads are handed with X-Accel-Redirect (deploy/nginx). Unset, daphne streams
+# them itself.
+DWELLFI_X_ACCEL_PREFIX = env.str("DWELLFI_X_ACCEL_PREFIX", default="")
 
 # Storage: the local disk (DWELLFI_MEDIA_ROOT) or S3 through django-storages when
 # machines do not share a disk.
@@ -233,6 +237,9 @@ if env.str("DWELLFI_S3_BUCKET", default=""):
             "region_name": env.str("DWELLFI_S3_REGION", default=None),
             "default_acl": None,
             "file_overwrite": False,
+            # Downloads redirect to pre-signed URLs: Signature Version 4, the one
+            # every region accepts.
+            "signature_version": "s3v4",
         },
     }
 STORAGES = {

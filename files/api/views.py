@@ -2,7 +2,7 @@
 
 import logging
 
-from django.http import FileResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -28,6 +28,7 @@ from ..serializers import (
     MetricSeriesSerializer,
     RecordErrorSerializer,
 )
+from .downloads import download_response
 from .parsers import StrictFormParser, StrictMultiPartParser
 from .schema import ApiSchema, multipart
 from .throttles import UploadThrottle
@@ -206,16 +207,9 @@ class FileViewSet(
         ],
     )
     @action(detail=True, filter_backends=[])
-    def download(self, request: Request, pk: str | None = None) -> FileResponse:
+    def download(self, request: Request, pk: str | None = None) -> HttpResponseBase:
         """The original bytes, as an attachment."""
-        file = self.get_object()
-        # Served as opaque bytes: a failed upload need not be JSON at all.
-        return FileResponse(
-            file.content.open("rb"),
-            as_attachment=True,
-            filename=file.name,
-            content_type="application/octet-stream",
-        )
+        return download_response(request._request, self.get_object())
 
     def _paginated(self, queryset, serializer_class) -> Response:
         page = self.paginator.paginate_queryset(queryset, self.request, view=self)

@@ -22,8 +22,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def web_command(port: int) -> list[str]:
-    """daphne serving DwellFi, as in production."""
+def web_command(port: int, *options: str) -> list[str]:
+    """daphne serving DwellFi, as in production (`options`: daphne's, e.g. behind
+    a proxy `--proxy-headers`)."""
     return [
         sys.executable,
         "-m",
@@ -32,6 +33,7 @@ def web_command(port: int) -> list[str]:
         "127.0.0.1",
         "-p",
         str(port),
+        *options,
         "dwellfi.asgi:application",
     ]
 

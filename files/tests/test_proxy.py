@@ -10,15 +10,12 @@ it enqueues, so nothing touches the database while a test's data is flushed.
 """
 
 import getpass
-import http.client
 import json
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +35,19 @@ from conftest import (
     start_process,
     wait_for,
 )
+from dwellfi.devstack import port_accepts
 from files.models import File
 
 from .factories import server_4_bytes, user_create
-from .test_downloads import BIG, PARALLEL, PeakMemory, big_file, rss
-from .test_security import BOUNDARY, multipart_body, production_env, sign_in
+from .test_downloads import (
+    BIG,
+    PARALLEL,
+    PeakMemory,
+    big_file,
+    parallel_downloads,
+    rss,
+)
+from .test_security import multipart_body, production_env, raw_post, sign_in
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TEMPLATE = Path(settings.BASE_DIR, "deploy/nginx/templates/default.conf.template")
@@ -179,7 +184,9 @@ def proxy(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Prox
         command = [NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf")]
         subprocess.run([*command, "-t", "-q"], check=True, capture_output=True)
         nginx = start_process("nginx", [*command, "-g", "daemon off;"], {}, folder)
-        wait_for(lambda: port_open(https_port), timeout=20, what="nginx", process=nginx)
+        wait_for(
+            lambda: port_accepts(https_port), timeout=20, what="nginx", process=nginx
+        )
         yield Proxy(http_port, https_port, cert, static, web, nginx)
     finally:
         if nginx is not None:
@@ -188,47 +195,12 @@ def proxy(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Prox
         redis_server.kill()
 
 
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def token_for(user) -> str:
     return Token.objects.create(user=user).key
 
 
 def stored_paths() -> set[Path]:
     return {p for p in Path(settings.MEDIA_ROOT).rglob("*") if p.is_file()}
-
-
-def raw_upload(port: int, token: str, body: bytes, *, chunked: bool) -> tuple:
-    """POST a body to nginx's plain-HTTP port over a bare socket, with its length
-    declared or chunked; the status and body of the answer."""
-    head = [
-        "POST /api/files/ HTTP/1.1",
-        f"Host: 127.0.0.1:{port}",
-        f"Authorization: Token {token}",
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}",
-        "Connection: close",
-        "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}",
-    ]
-    step = 64 * 1024
-    pieces = [body[i : i + step] for i in range(0, len(body), step)]
-    if chunked:
-        pieces = [b"%x\r\n%s\r\n" % (len(p), p) for p in pieces] + [b"0\r\n\r\n"]
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
-        try:
-            for piece in pieces:
-                sock.sendall(piece)
-        except OSError:
-            pass  # nginx answered and closed without reading the rest: as it should
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        return response.status, response.read()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -241,9 +213,9 @@ def test_an_oversize_body_is_refused_by_the_proxy_and_never_reaches_daphne(proxy
     body = multipart_body(b"[" + b"1," * (15 * 1024 * 1024) + b"1]")
     before = rss(proxy.web.popen.pid)
     with PeakMemory(proxy.web.popen.pid) as memory:
-        for chunked in (False, True):
-            status, answer = raw_upload(proxy.http, token, body, chunked=chunked)
-            assert status == 413, chunked
+        for framing in ("honest", "chunked"):
+            status, answer = raw_post(proxy.http, token, body, framing)
+            assert status == 413, framing
             assert json.loads(answer) == {
                 "detail": f"Request body larger than the limit of {LIMIT} bytes."
             }
@@ -314,18 +286,11 @@ def test_downloads_are_sent_by_nginx_from_the_protected_location(proxy):
             results.append((response.status_code, received))
 
     try:
-        before = rss(proxy.web.popen.pid)
-        with PeakMemory(proxy.web.popen.pid) as memory:
-            clients = [threading.Thread(target=fetch) for _ in range(PARALLEL)]
-            for client in clients:
-                client.start()
-            for client in clients:
-                client.join()
+        before, peak = parallel_downloads(proxy.web.popen.pid, fetch)
     finally:
         (Path(settings.MEDIA_ROOT) / file.content.name).unlink()
     assert results == [(200, BIG)] * PARALLEL
-    print(f"daphne RSS {before >> 20} MB, peak {memory.peak >> 20} MB")
-    assert memory.peak - before < 10 * 1024 * 1024, (before, memory.peak)
+    assert peak - before < 10 * 1024 * 1024, (before, peak)
 
 
 def test_static_files_are_served_by_nginx(proxy):

@@ -15,7 +15,6 @@ import re
 import shutil
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,12 @@ from django.conf import settings
 from rest_framework.authtoken.models import Token
 from websockets.sync.client import connect
 
-from bench.stack import answers_http, web_command
 from conftest import (
     Process,
     RedisServer,
     free_port,
-    live_env,
     start_process,
+    start_production_web,
     wait_for,
 )
 from dwellfi.devstack import port_accepts
@@ -47,7 +45,7 @@ from .test_downloads import (
     parallel_downloads,
     rss,
 )
-from .test_security import multipart_body, production_env, raw_post, sign_in
+from .test_security import multipart_body, raw_post, sign_in, stored_paths
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TEMPLATE = Path(settings.BASE_DIR, "deploy/nginx/templates/default.conf.template")
@@ -142,28 +140,17 @@ def proxy(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Prox
     media = tmp_path_factory.getbasetemp() / "media"
     redis_server = RedisServer(folder)
     redis_server.start()
-    env = {
-        **production_env(),
-        **live_env(media),
-        "DJANGO_DEBUG": "0",
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "REDIS_URL": redis_server.url,
-        "DWELLFI_STATIC_ROOT": str(static),
-        "DWELLFI_MAX_UPLOAD_BYTES": str(LIMIT),
-        "DWELLFI_X_ACCEL_PREFIX": "/_protected/",
-    }
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
-        cwd=settings.BASE_DIR,
-        env=env,
-        check=True,
-        timeout=120,
-    )
-    web_port, http_port, https_port = free_port(), free_port(), free_port()
-    web = start_process("web", web_command(web_port, "--proxy-headers"), env, folder)
-    nginx = None
+    web = nginx = None
     try:
-        wait_for(lambda: answers_http(web_port), timeout=60, what="web", process=web)
+        web, web_port = start_production_web(
+            folder,
+            media,
+            redis_server.url,
+            "--proxy-headers",
+            DWELLFI_MAX_UPLOAD_BYTES=str(LIMIT),
+            DWELLFI_X_ACCEL_PREFIX="/_protected/",
+        )
+        http_port, https_port = free_port(), free_port()
         (folder / "default.conf").write_text(
             render(
                 TEMPLATE.read_text(),
@@ -189,18 +176,14 @@ def proxy(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Prox
         )
         yield Proxy(http_port, https_port, cert, static, web, nginx)
     finally:
-        if nginx is not None:
-            nginx.stop()
-        web.stop()
+        for process in (nginx, web):
+            if process is not None:
+                process.stop()
         redis_server.kill()
 
 
 def token_for(user) -> str:
     return Token.objects.create(user=user).key
-
-
-def stored_paths() -> set[Path]:
-    return {p for p in Path(settings.MEDIA_ROOT).rglob("*") if p.is_file()}
 
 
 @pytest.mark.django_db(transaction=True)

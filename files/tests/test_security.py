@@ -9,7 +9,6 @@ daphne, since the test client always sets Content-Length and runs with DEBUG on.
 import http.client
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -28,7 +27,14 @@ from rest_framework.schemas.generators import EndpointEnumerator
 from rest_framework.test import APIClient
 
 from bench.stack import web_command
-from conftest import RedisServer, free_port, live_env, start_process, start_web
+from conftest import (
+    RedisServer,
+    free_port,
+    live_env,
+    production_env,
+    start_process,
+    start_web,
+)
 from files import services
 from files.api.throttles import UploadThrottle
 from files.models import File
@@ -521,16 +527,6 @@ def test_security_headers_on_pages_and_api(client, api, user):
         assert response["X-Content-Type-Options"] == "nosniff"
         assert response["Referrer-Policy"] == "same-origin"
         assert response["Cross-Origin-Opener-Policy"] == "same-origin"
-
-
-def production_env(**extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "DJANGO_ALLOWED_HOSTS": "dwellfi.example.com,127.0.0.1",
-        **extra,
-    }
 
 
 def test_deploy_checks_pass_with_production_settings():

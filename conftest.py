@@ -182,9 +182,19 @@ def live_env(media_root: Path) -> dict[str, str]:
     }
 
 
-def start_worker(env: dict[str, str], logdir: Path, name: str = "worker") -> Process:
+def start_worker(
+    env: dict[str, str],
+    logdir: Path,
+    name: str = "worker",
+    *,
+    concurrency: int = 1,
+    app: str = "dwellfi",
+) -> Process:
     worker = start_process(
-        name, worker_command(name, 1, "--pool", "prefork"), env, logdir
+        name,
+        worker_command(name, concurrency, "--pool", "prefork", app=app),
+        env,
+        logdir,
     )
     wait_for(lambda: "ready." in worker.output(), timeout=60, what=name, process=worker)
     return worker

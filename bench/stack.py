@@ -38,14 +38,16 @@ def web_command(port: int, *options: str) -> list[str]:
     ]
 
 
-def worker_command(name: str, concurrency: int, *extra: str) -> list[str]:
+def worker_command(
+    name: str, concurrency: int, *extra: str, app: str = "dwellfi"
+) -> list[str]:
     """A Celery worker with a node name of its own, as in production."""
     return [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "dwellfi",
+        app,
         "worker",
         "-l",
         "info",

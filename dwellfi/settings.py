@@ -27,6 +27,10 @@ ALLOWED_HOSTS = env.list(
     "DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"]
 )
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Browser clients on other origins (a web build of the seed app) may call the API
+# with a token; cookies are never sent cross-origin (no CORS_ALLOW_CREDENTIALS).
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/(api|files)/"
 
 INSTALLED_APPS = [
     "daphne",
@@ -37,6 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "corsheaders",
     "rest_framework",
     "rest_framework.authtoken",
     "django_filters",
@@ -52,6 +57,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "dwellfi.logging.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before anything else that answers on its own (a 413, say): preflights are
+    # answered here, and every answer to an allowed origin carries its headers.
+    "corsheaders.middleware.CorsMiddleware",
     # Before anything reads the query, the cookies (the session) or the headers.
     "dwellfi.middleware.nul_character_middleware",
     # Before anything reads the body: sizes it by what was received (413, chunked).
@@ -200,6 +208,10 @@ CELERY_BEAT_SCHEDULE = {
     "files.recover_stuck": {
         "task": "files.tasks.recover_stuck_files",
         "schedule": timedelta(seconds=env.int("DWELLFI_SWEEP_SECONDS", default=60)),
+    },
+    "files.sweep_leftovers": {
+        "task": "files.tasks.sweep_leftovers",
+        "schedule": timedelta(hours=6),
     },
 }
 

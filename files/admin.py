@@ -1,5 +1,7 @@
 """Staff views of files, their results and the anomaly rules."""
 
+import contextlib
+
 from django.contrib import admin, messages
 from django.db.models import DurationField, ExpressionWrapper, F, QuerySet
 from django.http import HttpRequest
@@ -9,6 +11,7 @@ from django.utils.html import format_html, format_html_join
 from notifications.models import Event
 
 from . import services
+from .exceptions import FileGone
 from .models import Anomaly, AnomalyRule, File, RecordError
 
 
@@ -74,6 +77,7 @@ class FileAdmin(admin.ModelAdmin):
         "invalid_record_count",
         "anomaly_count",
         "attempts",
+        "generation",
         "task_id",
         "last_event_id",
         "created_at",
@@ -145,19 +149,32 @@ class FileAdmin(admin.ModelAdmin):
     @admin.action(description="Process selected files again")
     def reprocess(self, request: HttpRequest, queryset: QuerySet[File]) -> None:
         for file in queryset:
-            services.file_reprocess(file=file, by=request.user)
+            with contextlib.suppress(FileGone):
+                services.file_reprocess(file=file, by=request.user)
         self.message_user(
             request, f"{queryset.count()} file(s) queued again.", messages.SUCCESS
         )
 
+    # Renaming goes through the service: it writes the changed fields only, never the
+    # whole row as the form read it (a worker may have written since).
+    def save_model(self, request: HttpRequest, obj: File, form, change: bool) -> None:
+        details = {name: form.cleaned_data[name] for name in form.changed_data}
+        if details:
+            try:
+                services.file_update(file=obj, by=request.user, **details)
+            except FileGone:
+                self.message_user(request, "The file was deleted.", messages.WARNING)
+
     # Deleting goes through the service, as from the API: the stored bytes go too,
     # and the owner's pages hear of it.
     def delete_model(self, request: HttpRequest, obj: File) -> None:
-        services.file_delete(file=obj)
+        with contextlib.suppress(FileGone):
+            services.file_delete(file=obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[File]) -> None:
         for file in queryset:
-            services.file_delete(file=file)
+            with contextlib.suppress(FileGone):
+                services.file_delete(file=file)
 
 
 @admin.register(Anomaly)

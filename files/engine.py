@@ -258,6 +258,9 @@ _PREFILTER_TABLE = bytes(
     0x39 if byte in b"-+0123456789.eE" else 0x21 if byte in b"\x0b\x0c" else 0x20
     for byte in range(256)
 )
+# Finite doubles can add up to more than a double holds (1e308 + 1e308): such a
+# metric's sum is kept scaled down by 2**-600, far from both ends of the range.
+_SUM_SCALE = 600
 _LONG_NUMBER = b"9" * (MAX_NUMBER_LENGTH + 1)
 _OVERLAP = 128
 # yajl turns a lone high surrogate escape into "?" and pairs a high one with any
@@ -500,8 +503,9 @@ class _Walk:
         self.anomalies_by_metric: Counter[str] = Counter()
         self.servers: list[dict[str, Any]] = []
         self.server_count = 0
-        # Per metric slot: [min, max, sum, count], None until seen.
-        self.stats: list[list[Value] | None] = [None] * len(METRICS)
+        # Per metric slot: [min, max, sum, count, scaled], None until seen; the sum
+        # is of the values times 2**-_SUM_SCALE once it is `scaled`.
+        self.stats: list[list[Any] | None] = [None] * len(METRICS)
         self.first: datetime | None = None
         self.last: datetime | None = None
 
@@ -792,25 +796,37 @@ class _Walk:
             present = [number for number in column if number is not None]
             if not present:
                 continue
-            low, high, total = min(present), max(present), math.fsum(present)
             stats = self.stats[slot]
             if stats is None:
-                self.stats[slot] = [low, high, total, len(present)]
-            else:
-                stats[0] = min(stats[0], low)
-                stats[1] = max(stats[1], high)
-                stats[2] += total
-                stats[3] += len(present)
+                stats = self.stats[slot] = [present[0], present[0], 0.0, 0, False]
+            stats[0] = min(stats[0], *present)
+            stats[1] = max(stats[1], *present)
+            stats[3] += len(present)
+            if not stats[4]:
+                try:
+                    total = stats[2] + math.fsum(present)
+                except OverflowError:
+                    total = math.inf
+                if not math.isinf(total):
+                    stats[2] = total
+                    continue
+                # Finite doubles whose sum is not: from here on sum them scaled.
+                stats[2], stats[4] = math.ldexp(stats[2], -_SUM_SCALE), True
+            stats[2] += math.fsum([math.ldexp(n, -_SUM_SCALE) for n in present])
 
     def _summary(self, size: int) -> dict[str, Any]:
         metrics = {}
         for name, stats in zip(METRICS, self.stats, strict=True):
             if stats is not None:
-                low, high, total, count = stats
+                low, high, total, count, scaled = stats
+                mean = (
+                    math.ldexp(total / count, _SUM_SCALE) if scaled else total / count
+                )
                 metrics[name] = {
                     "min": low,
                     "max": high,
-                    "mean": total / count,
+                    # Rounding cannot take the mean outside the values' range.
+                    "mean": min(max(mean, low), high),
                     "count": count,
                 }
         return {

@@ -11,12 +11,23 @@ from django.urls import reverse
 
 from .engine import METRICS
 
-__all__ = ["METRICS", "Anomaly", "AnomalyRule", "File", "MetricRecord", "RecordError"]
+__all__ = [
+    "METRICS",
+    "Anomaly",
+    "AnomalyRule",
+    "File",
+    "MetricRecord",
+    "PendingDeletion",
+    "RecordError",
+]
+
+
+UPLOADS_DIR = "uploads"
 
 
 def upload_path(instance: "File", filename: str) -> str:
     """Store under a generated name: the client's filename never reaches the disk."""
-    return f"uploads/{uuid.uuid4().hex}.json"
+    return f"{UPLOADS_DIR}/{uuid.uuid4().hex}.json"
 
 
 class File(models.Model):
@@ -63,6 +74,11 @@ class File(models.Model):
     invalid_record_count = models.PositiveIntegerField(default=0)
     anomaly_count = models.PositiveIntegerField(default=0)
     attempts = models.PositiveSmallIntegerField(default=0)
+    generation = models.PositiveIntegerField(
+        default=1,
+        help_text="Bumped by every replace, reprocess and requeue: a run writes only "
+        "while the file is still at the generation it claimed.",
+    )
     task_id = models.CharField(max_length=64, blank=True)
     last_event_id = models.PositiveBigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -116,13 +132,28 @@ class File(models.Model):
         return PurePosixPath(self.content.name).name
 
 
+# RESULT_FILE_NOTE: results point at their file without a foreign key in the
+# database. Checking one per row cost about a third of the time PostgreSQL spends
+# storing a record, and a deferred check at commit made a DELETE of the file fail
+# (or wait) while a run was storing its rows. What keeps results from outliving
+# their file instead: a run writes only while its file is at the generation it
+# claimed (checked at every batch and, under the row lock, at its commit), and
+# deleting a file removes its results after commit (`PendingDeletion`, then the
+# sweep).
+
+
 class MetricRecord(models.Model):
     """One valid metrics record of a file."""
 
     # The unique (file, index) constraint serves lookups by file: no index of its own,
-    # which would only slow down the COPY of a large file.
+    # which would only slow down the COPY of a large file. No foreign key in the
+    # database either (RESULT_FILE_NOTE).
     file = models.ForeignKey(
-        File, on_delete=models.CASCADE, related_name="records", db_index=False
+        File,
+        on_delete=models.DO_NOTHING,
+        related_name="records",
+        db_index=False,
+        db_constraint=False,
     )
     index = models.PositiveIntegerField(help_text="Position among the file's records.")
     server = models.CharField(max_length=255)
@@ -148,9 +179,14 @@ class MetricRecord(models.Model):
 class Anomaly(models.Model):
     """A metric value outside its rule's range."""
 
-    # Lookups by file use the (file, metric) index.
+    # Lookups by file use the (file, metric) index; no foreign key in the database
+    # (RESULT_FILE_NOTE).
     file = models.ForeignKey(
-        File, on_delete=models.CASCADE, related_name="anomalies", db_index=False
+        File,
+        on_delete=models.DO_NOTHING,
+        related_name="anomalies",
+        db_index=False,
+        db_constraint=False,
     )
     record_index = models.PositiveIntegerField()
     server = models.CharField(max_length=255)
@@ -173,8 +209,12 @@ class Anomaly(models.Model):
 class RecordError(models.Model):
     """A record skipped by validation, located by a JSON Pointer."""
 
+    # No foreign key in the database (RESULT_FILE_NOTE).
     file = models.ForeignKey(
-        File, on_delete=models.CASCADE, related_name="record_errors"
+        File,
+        on_delete=models.DO_NOTHING,
+        related_name="record_errors",
+        db_constraint=False,
     )
     pointer = models.CharField(max_length=1024)
     message = models.CharField(max_length=1024)
@@ -184,6 +224,33 @@ class RecordError(models.Model):
 
     def __str__(self) -> str:
         return f"{self.pointer}: {self.message}"
+
+
+class PendingDeletion(models.Model):
+    """What a deleted or replaced file left to remove: its results and stored bytes.
+
+    Written in the transaction that deletes or replaces the file, removed once the
+    leftovers are gone (right after commit, or by the periodic sweep if that failed).
+    """
+
+    file_id = models.BigIntegerField(
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="The deleted file whose results to remove.",
+    )
+    content = models.CharField(
+        max_length=255, blank=True, help_text="Stored bytes to remove."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["created_at"], name="pending_created")]
+
+    def __str__(self) -> str:
+        what = [f"results of file {self.file_id}"] if self.file_id else []
+        return " and ".join([*what, *([self.content] if self.content else [])])
 
 
 class AnomalyRule(models.Model):

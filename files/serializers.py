@@ -77,6 +77,7 @@ class FileSerializer(serializers.ModelSerializer):
             "invalid_record_count",
             "anomaly_count",
             "attempts",
+            "generation",
             "task_id",
             "created_at",
             "updated_at",
@@ -106,16 +107,76 @@ class FileUploadSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, max_length=255)
 
 
+_TIMESTAMP = serializers.DateTimeField()
+_NUMBER_OR_NULL = {"type": "number", "nullable": True}
+
+
+def seed_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored record as the seed kept it in its document: `timestamp` and metrics."""
+    return {**record, "timestamp": _TIMESTAMP.to_representation(record["timestamp"])}
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": True,
+        "description": "For `json` files the structural summary. Otherwise the "
+        "summary, with the per-metric min/max/mean/count under `statistics` and, "
+        "for a single file (not in the list or in socket messages), `metrics`: at "
+        "most 500 of its records, evenly chosen, anomalous ones first, in order.",
+        "properties": {
+            "statistics": {"type": "object", "additionalProperties": True},
+            "metrics": {
+                "type": "array",
+                "maxItems": 500,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "timestamp": {"type": "string", "format": "date-time"},
+                        **{metric: _NUMBER_OR_NULL for metric in METRICS},
+                    },
+                },
+            },
+        },
+    }
+)
+class SeedMetaDataField(serializers.Field):
+    """The seed's `meta_data`: the summary, and the records in context["records"].
+
+    Never the whole document: the records are a bounded selection, passed in by
+    the caller only where one file is asked for.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, file: File) -> dict[str, Any]:
+        summary = file.summary or {}
+        if file.kind == File.Kind.JSON:
+            return summary
+        meta = {key: value for key, value in summary.items() if key != "metrics"}
+        meta["statistics"] = summary.get("metrics", {})
+        records = self.context.get("records")
+        if records is not None:
+            meta["metrics"] = [seed_record(record) for record in records]
+        return meta
+
+
 class SeedFileSerializer(serializers.ModelSerializer):
-    """The seed system's file shape, kept for its clients."""
+    """The seed system's file shape and types, kept for its clients.
+
+    Pass `context={"records": ...}` (`selectors.metric_record_sample`) to include
+    the records the seed app charts.
+    """
 
     filename = serializers.CharField(source="name", read_only=True)
     type = serializers.CharField(source="declared_type", read_only=True)
     is_processed = serializers.SerializerMethodField()
-    meta_data = SummaryField(source="summary", read_only=True)
+    meta_data = SeedMetaDataField()
     task_status = serializers.SerializerMethodField()
-    created_by_id = serializers.IntegerField(source="owner_id", read_only=True)
-    updated_by_id = serializers.IntegerField(allow_null=True, read_only=True)
+    # Strings, as the seed's schema had them (its user ids were strings).
+    created_by_id = serializers.CharField(source="owner_id", read_only=True)
+    updated_by_id = serializers.CharField(allow_null=True, read_only=True)
 
     class Meta:
         model = File
@@ -139,8 +200,15 @@ class SeedFileSerializer(serializers.ModelSerializer):
         return file.status == File.Status.PROCESSED
 
     def get_task_status(self, file: File) -> str:
-        """`queued`, `processing`, `processed`, or the error text."""
-        return file.error_text if file.status == File.Status.FAILED else file.status
+        """`processing` until the outcome, then `processed` or the error text.
+
+        The seed had no `queued`: its app shows a spinner only for `processing`.
+        """
+        if file.status == File.Status.FAILED:
+            return file.error_text
+        if file.status == File.Status.PROCESSED:
+            return File.Status.PROCESSED
+        return File.Status.PROCESSING
 
 
 # What DRF's CharField checks in every text it accepts.

@@ -1,29 +1,44 @@
-"""Writes: storing uploads, processing them, and reporting every change as an event."""
+"""Writes: storing uploads, processing them, and reporting every change as an event.
 
-import functools
+How concurrent requests and workers stay out of each other's way:
+
+* Nothing saves a whole row read earlier. A change locks the file's row
+  (`SELECT … FOR UPDATE`), reads it afresh and writes only the fields it changes.
+* Replacing, reprocessing or requeueing a file bumps its `generation`. A run
+  writes only while the file is still at the generation it claimed: its claim and
+  its outcome under the row lock, and at every batch it checks (`ResultSink`), so a
+  superseded run stops at its next batch and rolls back everything it stored.
+* Result rows are written and removed only under the file's processing lock (a
+  transaction-scoped advisory lock on PostgreSQL), so two runs never interleave
+  and a purge waits for a superseded run to roll back.
+* Locks are always taken in one order: the processing lock, the file's row, the
+  owner's event cursor. No two transactions wait for each other in a circle.
+* Deleting a file removes its row at once, so nothing can bring it back; its
+  results and stored bytes follow after commit (`PendingDeletion`), or with the
+  periodic sweep should that fail.
+"""
+
 import hashlib
 import logging
-import sys
 import time
 import unicodedata
 import uuid
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
 from django.core.files.uploadedfile import UploadedFile
-from django.db import connection, transaction
-from django.db.models import Q
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from notifications.publisher import (
     build_message,
+    events_forget_file,
     publish_event,
     publish_events,
     reserve_event_ids,
@@ -31,16 +46,32 @@ from notifications.publisher import (
 )
 
 from . import engine
-from .models import Anomaly, File, MetricRecord, RecordError
+from .exceptions import Busy, FileGone, Superseded
+from .models import UPLOADS_DIR, Anomaly, File, PendingDeletion
 from .selectors import rules_active
 from .serializers import file_resource
+from .sink import ANOMALY_TEXT_LIMIT, ResultSink, results_clear
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Busy",
+    "FileGone",
+    "Superseded",
+    "enqueue",
+    "file_create",
+    "file_delete",
+    "file_fail",
+    "file_process",
+    "file_reprocess",
+    "file_update",
+    "files_recover_stuck",
+    "files_sweep_leftovers",
+]
 
 PROCESS_TASK = "files.tasks.process_file"
 # What a JSON text can start with, after optional whitespace and a UTF-8 BOM.
 JSON_START = frozenset(b'{["-0123456789tfn')
-ANOMALY_TEXT_LIMIT = 20
 # Files larger than about one batch of records are written by a pipelined sink.
 PIPELINE_FROM = 1_000_000
 STATUS_MESSAGES = {
@@ -48,18 +79,20 @@ STATUS_MESSAGES = {
     "file.processing": "Processing started",
     "file.deleted": "File deleted",
 }
-
-
-class Superseded(Exception):
-    """The file changed hands (replaced, reprocessed or deleted) during processing."""
-
-
-class Busy(Exception):
-    """Another connection holds this file's processing lock: try again shortly.
-
-    Either a second delivery of a task that is still running, or a killed worker
-    whose database session has not been ended yet.
-    """
+# The processing lock's first key: the second is the file's id.
+PROCESSING_LOCK = 0x0DF1
+# How long a run waits for the processing lock before it gives up as Busy. A
+# superseded run lets go at its next batch, well within this.
+LOCK_WAIT_SECONDS = 10
+# Marks a task the broker accepted; lost with the broker's queue if Redis restarts
+# without persistence, which is how the recovery job tells waiting from lost.
+ENQUEUED_MARKER_SECONDS = 7 * 24 * 3600
+# A PendingDeletion older than this was not purged after its commit: the sweep's.
+PURGE_GRACE = timedelta(minutes=1)
+# Stored bytes no file refers to are removed once older than this (a request may
+# have stored them and not yet committed the row that refers to them).
+UNREFERENCED_GRACE = timedelta(days=1)
+SWEEP_CHUNK = 1000
 
 
 # --- uploads -----------------------------------------------------------------------
@@ -78,15 +111,25 @@ def _check_looks_like_json(upload: UploadedFile) -> None:
         raise ValidationError({"file": ["The submitted file is not JSON."]})
 
 
-def _store(upload: UploadedFile, file: File) -> None:
-    """Save the bytes under a generated name, hashing them on the way."""
+def _store(upload: UploadedFile) -> dict[str, Any]:
+    """Save the bytes under a generated name, hashing them on the way; the fields
+    that describe them."""
     digest = hashlib.sha256()
     for chunk in upload.chunks():
         digest.update(chunk)
     upload.seek(0)
-    file.content.save("upload.json", upload, save=False)
-    file.size = upload.size
-    file.sha256 = digest.hexdigest()
+    holder = File()
+    holder.content.save("upload.json", upload, save=False)
+    return {
+        "content": holder.content.name,
+        "size": upload.size,
+        "sha256": digest.hexdigest(),
+    }
+
+
+def _unstore(name: str) -> None:
+    """Remove stored bytes that no committed row refers to."""
+    File._meta.get_field("content").storage.delete(name)
 
 
 # Bidirectional formatting characters: "invoice\u202efdp.json" would show as
@@ -119,10 +162,19 @@ def file_create(
         updated_by=owner,
         name=_display_name(name or upload.name or ""),
         declared_type=(declared_type or upload.content_type or "")[:100],
+        task_id=_new_task_id(),
+        **_store(upload),
     )
-    _store(upload, file)
-    with transaction.atomic():
-        _queue(file)  # saves the new row, stamped with its first event
+    try:
+        with transaction.atomic():
+            (event_id,) = reserve_event_ids(owner.pk, 1)
+            file.last_event_id = event_id
+            file.save(force_insert=True)
+            _record_events(file, [event_id], ("file.queued", {}))
+            _enqueue_on_commit(file)
+    except BaseException:
+        _unstore(file.content.name)
+        raise
     return file
 
 
@@ -134,66 +186,113 @@ def file_update(
     name: str | None = None,
     declared_type: str | None = None,
 ) -> File:
-    """Change a file's details; new content replaces the old and is processed."""
-    if upload is not None:
-        _check_looks_like_json(upload)
-    old_content = file.content.name
+    """Change a file's details; new content replaces the old and is processed.
+
+    Raises FileGone when the file was deleted meanwhile (the new bytes are not kept).
+    """
+    details: dict[str, Any] = {"updated_by": by}
     if name is not None:
-        file.name = _display_name(name)
+        details["name"] = _display_name(name)
     if declared_type is not None:
-        file.declared_type = declared_type[:100]
-    file.updated_by = by
-    if upload is not None:
-        _store(upload, file)
-    with transaction.atomic():
-        if upload is None:
-            file.save()
-            return file
-        file.kind = None
-        _queue(file)
-        storage = file.content.storage
-        transaction.on_commit(lambda: storage.delete(old_content))
-    return file
+        details["declared_type"] = declared_type[:100]
+    if upload is None:
+        with transaction.atomic():
+            current = _locked(file)
+            _save(current, details)
+        return current
+    _check_looks_like_json(upload)
+    stored = _store(upload)
+    try:
+        with transaction.atomic():
+            current = _locked(file)
+            pending = PendingDeletion.objects.create(content=current.content.name)
+            _requeue(current, kind=None, **stored, **details)
+            transaction.on_commit(lambda: _purge(pending.pk))
+    except BaseException:
+        _unstore(stored["content"])
+        raise
+    return current
 
 
 def file_reprocess(*, file: File, by: AbstractBaseUser | None = None) -> File:
-    """Process the stored file again; its previous results are replaced when it ends."""
+    """Process the stored file again; a file still waiting in the queue already will.
+
+    Its results are replaced when the new run ends. Raises FileGone when the file
+    was deleted meanwhile.
+    """
     with transaction.atomic():
-        if by is not None:
-            file.updated_by = by
-        _queue(file)
-    return file
+        current = _locked(file)
+        if current.status != File.Status.QUEUED:
+            _requeue(current, **({"updated_by": by} if by is not None else {}))
+    return current
 
 
 def file_delete(*, file: File) -> None:
-    """Remove a file, its results and its stored bytes, and tell the owner."""
-    storage, stored = file.content.storage, file.content.name
+    """Remove a file, its results and its stored bytes, and tell the owner.
+
+    The row goes in this transaction, so nothing can bring the file back; a run
+    still processing it stops at its next batch. Raises FileGone when it was
+    already gone.
+    """
     with transaction.atomic():
-        file_id = file.pk
-        fields = _event_fields(file, "file.deleted", file_resource(file))
-        file.delete()
+        current = _locked(file)
+        fields = _event_fields(current, "file.deleted", file_resource(current))
+        pending = PendingDeletion.objects.create(
+            file_id=current.pk, content=current.content.name
+        )
+        File.objects.filter(pk=current.pk).delete()
+        events_forget_file(file_id=current.pk)
         publish_event(
-            user_id=file.owner_id,
+            user_id=current.owner_id,
             event_type="file.deleted",
-            file_id=file_id,
+            file_id=current.pk,
             fields=fields,
         )
-        transaction.on_commit(lambda: storage.delete(stored))
+        transaction.on_commit(lambda: _purge(pending.pk))
 
 
-def _queue(file: File, *, keep_attempts: bool = False) -> None:
-    """Mark the file queued under a new task id and enqueue that task after commit.
+def _locked(file: File) -> File:
+    """The file's row as it is now, locked until the transaction ends."""
+    current = (
+        File.objects.select_for_update()
+        .filter(pk=file.pk, owner_id=file.owner_id)
+        .first()
+    )
+    if current is None:
+        raise FileGone
+    return current
 
-    The new task id supersedes any message still in the queue for this file.
+
+def _new_task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _requeue(file: File, **changes: Any) -> None:
+    """Queue the locked file again as its next generation.
+
+    A run of the previous generation stops at its next batch. The last outcome's
+    results (and the counts and summary that describe them) stay until the new
+    one replaces them. Attempts start from zero unless `changes` keeps them.
     """
-    file.status = File.Status.QUEUED
-    file.progress = 0.0
-    file.error = None
-    if not keep_attempts:
-        file.attempts = 0
-    file.started_at = file.finished_at = None
-    file.task_id = str(uuid.uuid4())
-    _publish(file, ("file.queued", {}))
+    _save(
+        file,
+        {
+            "generation": file.generation + 1,
+            "task_id": _new_task_id(),
+            "status": File.Status.QUEUED,
+            "progress": 0.0,
+            "error": None,
+            "attempts": 0,
+            "started_at": None,
+            "finished_at": None,
+            **changes,
+        },
+        ("file.queued", {}),
+    )
+    _enqueue_on_commit(file)
+
+
+def _enqueue_on_commit(file: File) -> None:
     file_id, task_id = file.pk, file.task_id
     transaction.on_commit(lambda: enqueue(file_id=file_id, task_id=task_id))
 
@@ -201,7 +300,7 @@ def _queue(file: File, *, keep_attempts: bool = False) -> None:
 def enqueue(*, file_id: int, task_id: str) -> bool:
     """Send the processing task; when the broker is down the row stays queued.
 
-    The periodic recovery job enqueues it again later, so a failure here is logged,
+    The periodic recovery job sends it again later, so a failure here is logged,
     never raised into the upload request. One quick retry covers a pooled connection
     that went stale (Redis restarted); the broker's short connect and socket timeouts
     (settings) bound the wait when Redis is unreachable to a couple of seconds.
@@ -224,36 +323,46 @@ def enqueue(*, file_id: int, task_id: str) -> bool:
             "could not enqueue file %s; recovery will retry", file_id, exc_info=True
         )
         return False
+    cache.set(_enqueued_marker(task_id), 1, ENQUEUED_MARKER_SECONDS)
     return True
 
 
-# --- events --------------------------------------------------------------------------
+def _enqueued_marker(task_id: str) -> str:
+    return f"enqueued:{task_id}"
 
 
-def _publish(
-    file: File,
-    *events: tuple[str, dict[str, Any]],
-    changed: tuple[str, ...] | None = None,
-) -> None:
-    """Save the file stamped with its last event's id, and record the events with it.
+# --- writing a file's row and its events ---------------------------------------------
 
-    `events` are (type, extra fields) pairs; every event carries the file as saved.
-    `changed` names the only fields that changed, when the caller knows (the
-    others, the summary among them, are then not written again).
+
+def _save(file: File, changes: dict[str, Any], *events: tuple[str, dict]) -> None:
+    """Write `changes` to the locked file's row, with the events that report them.
+
+    Only the fields named are written, never the whole row; the row is stamped with
+    its last event's id and the events carry the file as written. `events` are
+    (type, extra fields) pairs.
     """
-    ids = reserve_event_ids(file.owner_id, len(events))
-    file.last_event_id = ids[-1]
-    if changed is None:
-        file.save()
-    else:
-        file.save(update_fields=[*changed, "last_event_id", "updated_at"])
+    changes = {**changes, "updated_at": timezone.now()}
+    event_ids: range | list[int] = []
+    if events:
+        event_ids = reserve_event_ids(file.owner_id, len(events))
+        changes["last_event_id"] = event_ids[-1]
+    for name, value in changes.items():
+        setattr(file, name, value)
+    File.objects.filter(pk=file.pk).update(**changes)
+    if events:
+        _record_events(file, event_ids, *events)
+
+
+def _record_events(
+    file: File, event_ids: range | list[int], *events: tuple[str, dict]
+) -> None:
     resource = file_resource(file)
     publish_events(
         user_id=file.owner_id,
         file_id=file.pk,
         events=[
             (seq, event_type, _event_fields(file, event_type, resource, **fields))
-            for seq, (event_type, fields) in zip(ids, events, strict=True)
+            for seq, (event_type, fields) in zip(event_ids, events, strict=True)
         ],
     )
 
@@ -283,21 +392,22 @@ def _outcome_message(file: File) -> str:
     return f"Processing: {round(file.progress * 100)}%"
 
 
-def _publish_outcome(file: File, first_anomalies: list[Any] | None = None) -> None:
-    """The final events, in one go: the outcome, the anomalies if any, then a
-    notification.
+def _outcome_events(
+    file: File, first_anomalies: list[Any] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The final events: the outcome, the anomalies if any, then a notification.
 
     `first_anomalies` are the file's first anomalies, when the caller has them.
     """
     if file.status == File.Status.FAILED:
-        outcome = [
+        events = [
             (
                 "file.failed",
                 {"file_anomaly": {"file_id": file.pk, "data": file.error_text}},
             )
         ]
     else:
-        outcome = [("file.processed", {})]
+        events = [("file.processed", {})]
         if file.anomaly_count:
             if first_anomalies is None:
                 first_anomalies = anomaly_list_head(file)
@@ -306,7 +416,7 @@ def _publish_outcome(file: File, first_anomalies: list[Any] | None = None) -> No
                 limit=ANOMALY_TEXT_LIMIT,
                 total=file.anomaly_count,
             )
-            outcome.append(
+            events.append(
                 ("file.anomalies", {"file_anomaly": {"file_id": file.pk, "data": text}})
             )
     title = "File processed" if file.status == File.Status.PROCESSED else "File failed"
@@ -315,7 +425,7 @@ def _publish_outcome(file: File, first_anomalies: list[Any] | None = None) -> No
         "description": _outcome_message(file),
         "user_id": file.owner_id,
     }
-    _publish(file, *outcome, ("notification", notification))
+    return [*events, ("notification", notification)]
 
 
 def anomaly_list_head(file: File) -> list[Anomaly]:
@@ -335,157 +445,189 @@ def file_process(*, file_id: int, task_id: str) -> File | None:
 
     Safe to run again for the same task (a redelivered message): results are
     written in one transaction that first removes the previous ones. A message whose
-    task id is no longer the file's (replaced, reprocessed) does nothing. Raises
-    Busy when another session still holds the file's lock.
+    task id is no longer the file's (replaced, reprocessed) does nothing, and a run
+    superseded while it works stops at its next batch, keeping nothing. Raises Busy
+    when another session holds the file's processing lock for too long.
     """
     file = _claim(file_id=file_id, task_id=task_id)
     if file is None or file.status != File.Status.PROCESSING:
+        _purge_file(file_id)  # if deleted meanwhile: now the lock is free
         return file
+    generation = file.generation
     try:
         with transaction.atomic():
-            if not _lock_processing(file_id):
-                raise Busy
+            _take_processing_lock(file_id)
             # Read again under the lock: a duplicate delivery may have finished the
-            # file between the claim and here.
+            # file between the claim and here, or a request superseded it.
             file = File.objects.filter(pk=file_id).first()
-            if file is None or file.task_id != task_id or file.is_final:
+            if file is None or file.generation != generation:
+                raise Superseded
+            if file.is_final:
                 return file
             outcome, first_anomalies = _run_engine(file)
-            current = _current(file_id=file_id, task_id=task_id)
-            current.kind = outcome.kind
-            current.summary = outcome.summary
-            current.record_count = outcome.record_count
-            current.invalid_record_count = outcome.invalid_record_count
-            current.anomaly_count = outcome.anomaly_count
-            current.status = File.Status.PROCESSED
-            current.progress = 1.0
-            current.finished_at = timezone.now()
-            _publish_outcome(current, first_anomalies)
+            current = (
+                File.objects.select_for_update()
+                .filter(pk=file_id, generation=generation)
+                .first()
+            )
+            if current is None:
+                raise Superseded
+            changes = {
+                "kind": outcome.kind,
+                "summary": outcome.summary,
+                "record_count": outcome.record_count,
+                "invalid_record_count": outcome.invalid_record_count,
+                "anomaly_count": outcome.anomaly_count,
+                "status": File.Status.PROCESSED,
+                "progress": 1.0,
+                "error": None,
+                "finished_at": timezone.now(),
+            }
+            for name, value in changes.items():
+                setattr(current, name, value)
+            _save(current, changes, *_outcome_events(current, first_anomalies))
             return current
     except engine.ProcessingError as exc:
         return file_fail(file_id=file_id, task_id=task_id, error=exc.as_dict())
     except Superseded:
+        logger.info("file %s: generation %s superseded", file_id, generation)
+        _purge_file(file_id)
         return None
 
 
 def file_fail(
     *, file_id: int, task_id: str | None, error: dict[str, Any]
 ) -> File | None:
-    """End a file `failed` with the reason, clearing any earlier results."""
+    """End a file `failed` with the reason, clearing any earlier results.
+
+    Only while `task_id` (when given) is still the file's; an outcome already
+    reached is kept.
+    """
     with transaction.atomic():
-        try:
-            file = _current(file_id=file_id, task_id=task_id)
-        except Superseded:
+        _take_processing_lock(file_id)
+        file = File.objects.select_for_update().filter(pk=file_id).first()
+        if file is None or (task_id is not None and file.task_id != task_id):
             return None
-        _clear_results(file_id)
-        file.status = File.Status.FAILED
-        file.error = {
+        if not file.is_final:
+            _fail(file, error)
+        return file
+
+
+def _fail(file: File, error: dict[str, Any]) -> None:
+    """Fail the locked file (processing lock held): results cleared, outcome told."""
+    if file.generation > 1:
+        results_clear(file_id=file.pk)
+    changes = {
+        "summary": {},
+        "record_count": 0,
+        "invalid_record_count": 0,
+        "anomaly_count": 0,
+        "status": File.Status.FAILED,
+        "error": {
             "message": "",
             "line": None,
             "column": None,
             "offset": None,
             "pointer": None,
             **error,
-        }
-        file.summary = {}
-        file.record_count = file.invalid_record_count = file.anomaly_count = 0
-        file.finished_at = timezone.now()
-        _publish_outcome(file)
-        return file
+        },
+        "finished_at": timezone.now(),
+    }
+    for name, value in changes.items():
+        setattr(file, name, value)
+    _save(file, changes, *_outcome_events(file))
 
 
 def _claim(*, file_id: int, task_id: str) -> File | None:
     """Mark the file processing for this task, counting the attempt.
 
-    Raises Busy, counting nothing, while another session holds the file's lock.
+    Waits while another session holds the file's processing lock (a superseded
+    run lets go at its next batch); raises Busy, counting nothing, if that takes
+    too long.
     """
     with transaction.atomic():
+        _take_processing_lock(file_id)
         file = File.objects.select_for_update().filter(pk=file_id).first()
         if file is None or file.task_id != task_id or file.is_final:
             return file
-        if not _lock_processing(file_id):
-            raise Busy
         if file.attempts >= settings.DWELLFI_MAX_ATTEMPTS:
             message = (
                 f"Gave up after {file.attempts} attempts: processing never finished "
                 "(the worker was lost or timed out each time)"
             )
-            file_fail(file_id=file_id, task_id=task_id, error={"message": message})
-            file.refresh_from_db()
+            _fail(file, {"message": message})
             return file
-        file.status = File.Status.PROCESSING
-        file.attempts += 1
-        file.progress = 0.0
-        file.error = None
-        file.started_at = timezone.now()
-        file.finished_at = None
-        _publish(
+        _save(
             file,
+            {
+                "status": File.Status.PROCESSING,
+                "attempts": file.attempts + 1,
+                "progress": 0.0,
+                "error": None,
+                "started_at": timezone.now(),
+                "finished_at": None,
+            },
             ("file.processing", {}),
-            changed=(
-                "status",
-                "attempts",
-                "progress",
-                "error",
-                "started_at",
-                "finished_at",
-            ),
         )
         return file
 
 
-def _current(*, file_id: int, task_id: str | None) -> File:
-    """The file row, locked, provided this task still owns it."""
-    file = File.objects.select_for_update().filter(pk=file_id).first()
-    if file is None or (task_id is not None and file.task_id != task_id):
-        raise Superseded
-    return file
+def _take_processing_lock(file_id: int, *, wait: bool = True) -> bool:
+    """Hold the file's processing lock until the transaction ends.
 
-
-def _lock_processing(file_id: int) -> bool:
-    """Take a transaction-scoped lock so one file is never processed twice at once.
-
-    SQLite runs one writing transaction at a time, so it needs no lock of its own.
+    Waits up to LOCK_WAIT_SECONDS and raises Busy after that; with `wait=False`
+    answers at once whether the lock was free. SQLite runs one writing transaction
+    at a time, so it needs no lock of its own.
     """
     if connection.vendor != "postgresql":
         return True
+    key = [PROCESSING_LOCK, file_id]
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [0x0DF1, file_id])
-        return cursor.fetchone()[0]
-
-
-def _clear_results(file_id: int) -> None:
-    for model in (MetricRecord, Anomaly, RecordError):
-        model.objects.filter(file_id=file_id).delete()
+        if not wait:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", key)
+            return cursor.fetchone()[0]
+        # Bounds every lock wait of this transaction, the row locks after it too.
+        cursor.execute(
+            "SELECT set_config('lock_timeout', %s, true)",
+            [f"{LOCK_WAIT_SECONDS}s"],
+        )
+        try:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", key)
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) == "55P03":  # lock_timeout
+                raise Busy from exc
+            raise
+    return True
 
 
 def _run_engine(file: File) -> tuple[engine.Outcome, list[engine.Anomaly]]:
     """Process the file's content into its results; the outcome and first anomalies."""
-    # Results are stored only with the counts that describe them: none, nothing to
-    # remove (three fewer statements for every new upload).
-    if file.record_count or file.invalid_record_count or file.anomaly_count:
-        _clear_results(file.pk)
+    # Results of an earlier generation go first. The first generation has none: no
+    # run but its own has stored any, and a failed or superseded one kept nothing.
+    if file.generation > 1:
+        results_clear(file_id=file.pk)
     rules = [engine.Rule(r.metric, r.min_value, r.max_value) for r in rules_active()]
-    with ResultSink(file.pk, pipelined=file.size > PIPELINE_FROM) as sink:
+    pipelined = file.size > PIPELINE_FROM
+    with ResultSink(file.pk, file.generation, pipelined=pipelined) as sink:
         outcome = engine.process(
             lambda: file.content.storage.open(file.content.name, "rb"),
             size=file.size,
             rules=rules,
             sink=sink,
-            on_progress=_progress_reporter(file),
+            on_progress=_progress_reporter(file, sink),
         )
     return outcome, sink.first_anomalies
 
 
-def _progress_reporter(file: File) -> Callable[[float], None]:
-    """Live `file.progress` events, a few a second at most."""
+def _progress_reporter(file: File, sink: ResultSink) -> Callable[[float], None]:
+    """Live `file.progress` events, a few a second at most, until superseded."""
     interval = settings.DWELLFI_PROGRESS_INTERVAL
     last_sent = time.monotonic()
 
     def report(fraction: float) -> None:
         nonlocal last_sent
         now = time.monotonic()
-        if now - last_sent < interval or fraction >= 1.0:
+        if now - last_sent < interval or fraction >= 1.0 or sink.superseded:
             return
         last_sent = now
         file.progress = round(min(max(fraction, 0.0), 0.99), 4)
@@ -498,193 +640,134 @@ def _progress_reporter(file: File) -> Callable[[float], None]:
     return report
 
 
-class ResultSink:
-    """Writes the engine's batches: binary COPY on PostgreSQL, bulk inserts elsewhere.
-
-    Pipelined (for files of more than one batch) on PostgreSQL, a background thread
-    writes each batch while the engine parses the next one, so the client's parsing
-    and the server's ingest overlap instead of taking turns (each COPY waits for
-    the server to finish it). At most `IN_FLIGHT` batches wait for the thread,
-    which keeps memory bounded. The thread uses this thread's database connection,
-    inside its transaction; nothing else touches the connection until the sink is
-    closed. Use it as a context manager: leaving it waits for the last write and
-    raises its error, if any.
-
-    While a pipelined sink is open the interpreter's thread switch interval drops
-    from 5 ms to `SWITCH_INTERVAL`: the writer gives up the GIL at every network
-    wait, and 5 ms a turn to win it back from the parsing thread costs more than
-    the write itself.
-
-    It keeps the first anomalies it is given, for the outcome's message.
-    """
-
-    RECORD_COLUMNS = ("file_id", "index", "server", "timestamp", *engine.METRICS)
-    ANOMALY_COLUMNS = (
-        "file_id",
-        "record_index",
-        "server",
-        "timestamp",
-        "metric",
-        "value",
-        "min_value",
-        "max_value",
-    )
-    ISSUE_COLUMNS = ("file_id", "pointer", "message")
-    # Records and their anomalies arrive together: room for both, and the next.
-    IN_FLIGHT = 3
-    SWITCH_INTERVAL = 0.001
-
-    def __init__(self, file_id: int, *, pipelined: bool = False) -> None:
-        self.file_id = file_id
-        self.use_copy = connection.vendor == "postgresql"
-        self.first_anomalies: list[engine.Anomaly] = []
-        self._pending: deque[Future] = deque()
-        self._executor = None
-        if self.use_copy:
-            connection.ensure_connection()
-            self._raw = connection.connection
-        if self.use_copy and pipelined:
-            # Foreign keys stay deferred to the commit. Checked as each COPY ends
-            # they would overlap with parsing (about 1 s sooner for 600,000
-            # records), but each check locks the file row until commit: deleting
-            # or claiming the file would wait for the whole run.
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="copy")
-
-    def __enter__(self) -> "ResultSink":
-        if self._executor is not None:
-            self._switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(self.SWITCH_INTERVAL)
-        return self
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        try:
-            self._wait(0)
-        except Exception:
-            if exc_type is None:
-                raise
-            # The error already leaving matters more; this write's is its echo.
-        finally:
-            if self._executor is not None:
-                sys.setswitchinterval(self._switch_interval)
-                # After a failed write the batches still waiting are not started;
-                # one already running ends before the transaction is rolled back.
-                self._executor.shutdown(cancel_futures=True)
-
-    def add_records(self, batch: list[engine.Record]) -> None:
-        rows = (
-            (self.file_id, r.index, r.server, r.timestamp, *r.values) for r in batch
-        )
-        self._write(MetricRecord, self.RECORD_COLUMNS, rows)
-
-    def add_anomalies(self, batch: list[engine.Anomaly]) -> None:
-        if len(self.first_anomalies) < ANOMALY_TEXT_LIMIT:
-            self.first_anomalies += batch[
-                : ANOMALY_TEXT_LIMIT - len(self.first_anomalies)
-            ]
-        rows = (
-            (
-                self.file_id,
-                a.record_index,
-                a.server,
-                a.timestamp,
-                a.metric,
-                a.value,
-                a.low,
-                a.high,
-            )
-            for a in batch
-        )
-        self._write(Anomaly, self.ANOMALY_COLUMNS, rows)
-
-    def add_issues(self, batch: list[engine.RecordIssue]) -> None:
-        rows = ((self.file_id, _text(i.pointer), _text(i.message)) for i in batch)
-        self._write(RecordError, self.ISSUE_COLUMNS, rows)
-
-    def reset(self) -> None:
-        self._wait(0)
-        self.first_anomalies = []
-        _clear_results(self.file_id)
-
-    def _wait(self, most: int) -> None:
-        """Wait until at most `most` writes are in flight; raise their errors."""
-        while len(self._pending) > most:
-            self._pending.popleft().result()
-
-    def _write(self, model, columns, rows) -> None:
-        if not self.use_copy:
-            model.objects.bulk_create(
-                [model(**dict(zip(columns, row, strict=True))) for row in rows],
-                batch_size=500,
-            )
-        elif self._executor is None:
-            self._copy(model, columns, rows)
-        else:
-            self._wait(self.IN_FLIGHT - 1)
-            self._pending.append(
-                self._executor.submit(self._copy, model, columns, rows)
-            )
-
-    def _copy(self, model, columns, rows) -> None:
-        sql, types = _copy_statement(model, columns)
-        with self._raw.cursor() as cursor, cursor.copy(sql) as copy:
-            copy.set_types(types)
-            for row in rows:
-                copy.write_row(row)
-
-
-@functools.cache
-def _copy_statement(model, columns: tuple[str, ...]) -> tuple[str, list[str]]:
-    """The binary COPY into `model`'s table, and the PostgreSQL types of `columns`.
-
-    Binary COPY spares the server parsing numbers and timestamps from text. Derived
-    from the model alone (no connection is opened), so any thread may ask.
-    """
-    fields = [model._meta.get_field(name) for name in columns]
-    names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    # "varchar(255)" -> "varchar": the length is the column's to check.
-    types = [f.db_type(connection).split("(")[0] for f in fields]
-    return f"COPY {model._meta.db_table} ({names}) FROM STDIN (FORMAT BINARY)", types
-
-
-def _text(value: str, limit: int = 1024) -> str:
-    """Text PostgreSQL can store: NUL escaped, length bounded."""
-    return value.replace("\x00", "\\u0000")[:limit]
-
-
-# --- recovery ------------------------------------------------------------------------
+# --- recovery and leftovers ----------------------------------------------------------
 
 
 def files_recover_stuck() -> dict[str, int]:
-    """Enqueue again files left queued or processing with no sign of life.
+    """Send again the tasks of files whose message is lost; requeue lost runs.
 
-    A queued file older than the grace period likely missed the broker; a file
-    processing for longer than the hard time limit has lost its worker. Each is
-    queued again under a new task id (fresh attempts are not granted: the attempt
-    counter still ends a file that keeps killing workers).
+    A file queued longer than the grace period whose task the broker no longer
+    holds (Redis restarted, or it was down at upload) gets the same task sent again:
+    no new generation, no event. One still waiting in a long queue is left alone.
+    A file processing for longer than the hard time limit whose processing lock is
+    free has lost its worker: it is queued again as a new generation, or failed
+    once its attempts are used up. Also retries purges that failed after commit.
     """
     now = timezone.now()
-    queued_before = now - timedelta(seconds=settings.DWELLFI_QUEUED_GRACE_SECONDS)
-    processing_before = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
     counts = {"requeued": 0, "failed": 0}
-    stuck = list(
+    queued_before = now - timedelta(seconds=settings.DWELLFI_QUEUED_GRACE_SECONDS)
+    waiting = list(
         File.objects.filter(
-            Q(status=File.Status.QUEUED, updated_at__lt=queued_before)
-            | Q(status=File.Status.PROCESSING, started_at__lt=processing_before)
-        ).values_list("pk", flat=True)
+            status=File.Status.QUEUED, updated_at__lt=queued_before
+        ).values_list("pk", "task_id")
     )
-    for file_id in stuck:
-        with transaction.atomic():
-            file = File.objects.select_for_update().filter(pk=file_id).first()
-            if file is None or file.is_final:
-                continue
-            if file.attempts >= settings.DWELLFI_MAX_ATTEMPTS:
-                file_fail(
-                    file_id=file_id,
-                    task_id=None,
-                    error={"message": f"Gave up after {file.attempts} attempts"},
-                )
-                counts["failed"] += 1
-                continue
-            _queue(file, keep_attempts=True)
+    markers = cache.get_many([_enqueued_marker(task_id) for _, task_id in waiting])
+    for file_id, task_id in waiting:
+        if _enqueued_marker(task_id) not in markers and enqueue(
+            file_id=file_id, task_id=task_id
+        ):
             counts["requeued"] += 1
+    processing_before = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    lost = File.objects.filter(
+        status=File.Status.PROCESSING, started_at__lt=processing_before
+    ).values_list("pk", flat=True)
+    for file_id in list(lost):
+        outcome = _recover_run(file_id, processing_before)
+        if outcome:
+            counts[outcome] += 1
+    for pending_id in PendingDeletion.objects.filter(
+        created_at__lt=now - PURGE_GRACE
+    ).values_list("pk", flat=True):
+        _purge(pending_id)
     return counts
+
+
+def _recover_run(file_id: int, started_before) -> str | None:
+    """Requeue (or fail) one file whose run looks lost; what was done, if anything."""
+    with transaction.atomic():
+        if not _take_processing_lock(file_id, wait=False):
+            return None  # its run is alive after all
+        file = (
+            File.objects.select_for_update()
+            .filter(
+                pk=file_id,
+                status=File.Status.PROCESSING,
+                started_at__lt=started_before,
+            )
+            .first()
+        )
+        if file is None:
+            return None
+        if file.attempts >= settings.DWELLFI_MAX_ATTEMPTS:
+            _fail(file, {"message": f"Gave up after {file.attempts} attempts"})
+            return "failed"
+        # Fresh attempts are not granted: the counter still ends a file that keeps
+        # killing workers.
+        _requeue(file, attempts=file.attempts, kind=file.kind)
+        return "requeued"
+
+
+def _purge(pending_id: int, *, wait: bool = False) -> bool:
+    """Remove what one PendingDeletion names; False if it is left for later.
+
+    Results are removed under the processing lock: while a superseded run still
+    holds it, without `wait` they are left for that run (it purges as it stops)
+    or the sweep.
+    """
+    pending = PendingDeletion.objects.filter(pk=pending_id).first()
+    if pending is None:
+        return True
+    try:
+        if pending.content:
+            _unstore(pending.content)
+        with transaction.atomic():
+            if pending.file_id is not None:
+                if not _take_processing_lock(pending.file_id, wait=wait):
+                    return False
+                results_clear(file_id=pending.file_id)
+            PendingDeletion.objects.filter(pk=pending.pk).delete()
+    except (Busy, DatabaseError, OSError):
+        logger.warning("could not purge %s; the sweep will", pending, exc_info=True)
+        return False
+    return True
+
+
+def _purge_file(file_id: int) -> None:
+    """Remove what a deleted file left, if it was; call once the lock is let go.
+
+    A delete whose purge found the processing lock taken leaves it to the run or
+    claim that held it, which calls this on its way out.
+    """
+    pending = PendingDeletion.objects.filter(file_id=file_id)
+    for pending_id in pending.values_list("pk", flat=True):
+        _purge(pending_id, wait=True)
+
+
+def files_sweep_leftovers() -> int:
+    """Remove stored bytes that no file refers to any more; how many were removed.
+
+    A backstop for bytes whose request died between storing them and committing
+    (or removing) the row that refers to them.
+    """
+    storage = File._meta.get_field("content").storage
+    try:
+        _, names = storage.listdir(UPLOADS_DIR)
+    except FileNotFoundError:
+        return 0
+    before = timezone.now() - UNREFERENCED_GRACE
+    removed = 0
+    for start in range(0, len(names), SWEEP_CHUNK):
+        stored = {
+            f"{UPLOADS_DIR}/{name}" for name in names[start : start + SWEEP_CHUNK]
+        }
+        for model in (File, PendingDeletion):
+            stored -= set(
+                model.objects.filter(content__in=stored).values_list(
+                    "content", flat=True
+                )
+            )
+        for name in sorted(stored):
+            if storage.get_modified_time(name) < before:
+                storage.delete(name)
+                removed += 1
+    return removed

@@ -10,6 +10,7 @@ from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
 from . import services
+from .exceptions import Busy
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ TRANSIENT = (
     psycopg.InterfaceError,
     BrokerError,
     ConnectionError,
-    services.Busy,
+    Busy,
 )
 
 
@@ -63,5 +64,11 @@ def process_file(self, file_id: int) -> str:
 
 @shared_task
 def recover_stuck_files() -> dict[str, int]:
-    """Periodic: enqueue again files stuck queued or processing."""
+    """Periodic: send again lost tasks, requeue lost runs, finish failed purges."""
     return services.files_recover_stuck()
+
+
+@shared_task
+def sweep_leftovers() -> int:
+    """Periodic: remove stored bytes no file refers to."""
+    return services.files_sweep_leftovers()

@@ -13,6 +13,7 @@ from files import selectors
 from files.serializers import FileSerializer
 
 from .publisher import user_group
+from .seed import is_seed_event, seed_messages, speaks_seed
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN_ORIGIN = 4403
@@ -28,10 +29,16 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
     sequence make the consumer fill the gap from the database, so a message the
     channel layer dropped is still delivered when the next one comes, or at the
     client's next ping.
+
+    A query that names the seed's `user_id` makes it speak the seed app's protocol
+    (`notifications.seed`): the same events, cursor and replay, but only those the
+    app can parse, translated, and no snapshot or pong.
     """
 
     async def connect(self) -> None:
-        params = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        query = self.scope.get("query_string", b"").decode("latin-1")
+        params = parse_qs(query)
+        self.seed = speaks_seed(query)
         self.user = await self._authenticate(params)
         await self.accept()
         if self.user is None:
@@ -65,17 +72,19 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
         """
         if isinstance(content, dict) and content.get("type") == "ping":
             await self._replay()
-            await self.send_json({"type": "pong", "file_id": None})
+            if not self.seed:
+                await self.send_json({"type": "pong", "file_id": None})
 
     async def event_message(self, event: dict[str, Any]) -> None:
         """Forward one event from the channel layer, in cursor order."""
         message = event["message"]
         event_id = message.get("id")
         if event_id is None:  # live-only (progress)
-            await self.send_json(message)
+            if not self.seed:
+                await self.send_json(message)
         elif event_id == self.last_sent + 1:
             self.last_sent = event_id
-            await self.send_json(message)
+            await self._send_events([message])
         elif event_id > self.last_sent:
             await self._replay()
 
@@ -91,6 +100,11 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
         return user if _origin_allowed(self.scope) else False
 
     async def _send_snapshot(self) -> None:
+        if self.seed:  # the seed app starts from now, without a snapshot
+            self.last_sent = await database_sync_to_async(selectors.last_event_id)(
+                user=self.user
+            )
+            return
         last_event_id, files = await _snapshot(self.user)
         self.last_sent = last_event_id
         await self.send_json(
@@ -105,11 +119,22 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
     async def _replay(self) -> None:
         while True:
             messages = await _events_after(self.user, self.last_sent)
-            for message in messages:
-                self.last_sent = message["id"]
-                await self.send_json(message)
+            if messages:
+                self.last_sent = messages[-1]["id"]
+                await self._send_events(messages)
             if len(messages) < REPLAY_BATCH:
                 return
+
+    async def _send_events(self, messages: list[dict[str, Any]]) -> None:
+        """Durable events in cursor order, translated for a seed connection."""
+        if self.seed:
+            messages = [m for m in messages if is_seed_event(m)]
+            if messages:
+                messages = await database_sync_to_async(seed_messages)(
+                    messages, user=self.user
+                )
+        for message in messages:
+            await self.send_json(message)
 
 
 def _cursor(values: list[str] | None) -> int | None:

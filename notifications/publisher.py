@@ -109,6 +109,11 @@ def publish_event(
     publish_events(user_id=user_id, file_id=file_id, events=[(seq, event_type, fields)])
 
 
+def events_forget_file(*, file_id: int) -> None:
+    """Delete the durable events about a file; call in the transaction deleting it."""
+    Event.objects.filter(file_id=file_id).delete()
+
+
 SEND_TIMEOUT = 5.0
 
 

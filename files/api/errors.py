@@ -32,6 +32,8 @@ from rest_framework.exceptions import APIException, ParseError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from ..exceptions import FileGone
+
 logger = logging.getLogger(__name__)
 
 UNKNOWN_API_PATH = "api-not-found"
@@ -62,6 +64,8 @@ def refusal(exc: SuspiciousOperation) -> APIException:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, with field errors summed up in `detail` and kept in `errors`."""
+    if isinstance(exc, FileGone):
+        exc = Http404()  # deleted while the request ran: as if it never was
     if isinstance(exc, SuspiciousOperation):
         # Logged as Django logs it outside DRF, but as the client's error: one
         # line, no traceback.

@@ -1,8 +1,14 @@
-"""The seed system's routes, with its request and response shapes, for old clients."""
+"""The seed system's routes, with its request and response shapes, for old clients.
+
+They answer what the seed's FastAPI answered: 200 (not 201) on upload, the seed's
+fields and types. One file (detail, upload and update answers) carries up to 500
+of its records in `meta_data.metrics` for the seed app's charts; the plain list
+leaves them out, so each item stays small however many files there are (the
+app's home list never reads `meta_data`).
+"""
 
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -27,6 +33,12 @@ def _own_file(request: Request, pk: int) -> File:
     return file
 
 
+def _one_file(file: File) -> Response:
+    """One file in the seed's shape, with the records its app charts."""
+    records = selectors.metric_record_sample(file=file)
+    return Response(SeedFileSerializer(file, context={"records": records}).data)
+
+
 class SeedUploadView(APIView):
     """`POST /files/uploadfile/`: multipart `file`, optional `file_data_create_form`."""
 
@@ -36,7 +48,7 @@ class SeedUploadView(APIView):
 
     @extend_schema(
         request=multipart(SeedUploadSerializer, "file"),
-        responses={201: SeedFileSerializer},
+        responses={200: SeedFileSerializer},
     )
     def post(self, request: Request) -> Response:
         form = SeedUploadSerializer(data=request.data)
@@ -49,7 +61,7 @@ class SeedUploadView(APIView):
             declared_type=details.get("type", ""),
         )
         log_upload(file)
-        return Response(SeedFileSerializer(file).data, status=status.HTTP_201_CREATED)
+        return _one_file(file)
 
 
 class SeedFileListView(APIView):
@@ -70,7 +82,7 @@ class SeedFileDetailView(APIView):
 
     @extend_schema(parameters=[FILE_ID], responses=SeedFileSerializer)
     def get(self, request: Request, pk: int) -> Response:
-        return Response(SeedFileSerializer(_own_file(request, pk)).data)
+        return _one_file(_own_file(request, pk))
 
 
 class SeedUpdateView(APIView):
@@ -99,4 +111,4 @@ class SeedUpdateView(APIView):
         )
         if form.validated_data.get("file") is not None:
             log_upload(file, replaced=True)
-        return Response(SeedFileSerializer(file).data)
+        return _one_file(file)

@@ -2,12 +2,16 @@
 
 import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 _counter = itertools.count(1)
+
+# The seed system's real files, beside the repository: ../shared/samples.
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 
 # The seed system's sample `server_4.json`: 9 records, 27 anomalies under the
 # default rules.
@@ -82,3 +86,31 @@ def broken_bytes() -> bytes:
 def upload(content: bytes, name: str = "metrics.json") -> SimpleUploadedFile:
     """An uploaded file as a view or service receives it."""
     return SimpleUploadedFile(name, content, content_type="application/json")
+
+
+RECORD = (
+    '{"timestamp":"2024-09-%02dT%02d:%02d:%02dZ","cpu_usage":%d,"memory_usage":50,'
+    '"disk_read":100,"disk_write":200,"network_in":300,"network_out":400,'
+    '"response_time":%d}'
+)
+
+
+def metrics_bytes(records: int) -> bytes:
+    """A one-server export, a record a second; every tenth has cpu_usage 90 (>85)."""
+    rows = ",".join(
+        RECORD
+        % (
+            10 + i // 86400,
+            i // 3600 % 24,
+            i // 60 % 60,
+            i % 60,
+            90 if i % 10 == 0 else 40,
+            i % 150,
+        )
+        for i in range(records)
+    )
+    return f'{{"server_id":"s1","metrics":[{rows}]}}'.encode()
+
+
+def expected_anomalies(records: int) -> int:
+    return (records + 9) // 10

@@ -26,6 +26,7 @@ FILE_FIELDS = {
     "record_count",
     "invalid_record_count",
     "anomaly_count",
+    "generation",
     "attempts",
     "task_id",
     "created_at",
@@ -309,16 +310,17 @@ def test_seed_upload_keeps_the_seed_shape(api, user):
         },
         format="multipart",
     )
-    assert response.status_code == 201
+    assert response.status_code == 200
     body = response.json()
     assert set(body) == SEED_FIELDS
     assert (body["filename"], body["type"], body["task_status"]) == (
         "nice.json",
         "metrics",
-        "queued",
+        "processing",
     )
     assert body["is_processed"] is False
-    assert body["created_by_id"] == body["updated_by_id"] == user.pk
+    assert body["created_by_id"] == body["updated_by_id"] == str(user.pk)
+    assert body["meta_data"] == {"statistics": {}, "metrics": []}
 
 
 def test_seed_upload_refuses_a_malformed_form_field(api):
@@ -337,11 +339,15 @@ def test_seed_reads(api, user, rules):
     file = processed_file(user)
     listing = api.get("/files/files/").json()
     assert [f["id"] for f in listing] == [file.pk]
+    # The list stays small: the statistics, not the records.
+    assert "metrics" not in listing[0]["meta_data"]
+    assert listing[0]["meta_data"]["statistics"]["cpu_usage"]["max"] == 860
     for path in (f"/files/files/{file.pk}", f"/files/{file.pk}", f"/files/{file.pk}/"):
         body = api.get(path).json()
         assert set(body) == SEED_FIELDS
         assert body["is_processed"] is True and body["task_status"] == "processed"
         assert body["meta_data"]["anomaly_count"] == 27
+        assert len(body["meta_data"]["metrics"]) == 9
 
 
 def test_seed_task_status_is_the_error_text(api, user, rules):
@@ -366,4 +372,43 @@ def test_seed_update_changes_details_and_content(api, user, rules):
         {"file": SimpleUploadedFile("v2.json", b"[1]")},
         format="multipart",
     )
-    assert response.json()["task_status"] == "queued"
+    assert response.status_code == 200
+    assert response.json()["task_status"] == "processing"
+
+
+# --- CORS: a browser build of a client on another origin ----------------------------
+
+APP_ORIGIN = "http://localhost:55955"
+
+
+def test_a_preflight_for_put_with_a_token_is_answered(client, settings, user):
+    settings.CORS_ALLOWED_ORIGINS = [APP_ORIGIN]
+    file = services.file_create(owner=user, upload=upload(server_4_bytes()))
+    response = client.options(
+        f"/files/updatefile/{file.pk}",
+        HTTP_ORIGIN=APP_ORIGIN,
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="PUT",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization,content-type",
+    )
+    assert response.status_code == 200
+    assert response["Access-Control-Allow-Origin"] == APP_ORIGIN
+    assert "PUT" in response["Access-Control-Allow-Methods"]
+    assert "authorization" in response["Access-Control-Allow-Headers"]
+    assert "Access-Control-Allow-Credentials" not in response
+    assert response["X-Content-Type-Options"] == "nosniff"  # after SecurityMiddleware
+
+
+def test_answers_to_an_allowed_origin_carry_the_cors_header(api, settings):
+    settings.CORS_ALLOWED_ORIGINS = [APP_ORIGIN]
+    allowed = api.get("/files/files/", HTTP_ORIGIN=APP_ORIGIN)
+    assert allowed["Access-Control-Allow-Origin"] == APP_ORIGIN
+    other = api.get("/files/files/", HTTP_ORIGIN="https://evil.example")
+    assert "Access-Control-Allow-Origin" not in other
+    page = api.get("/login/", HTTP_ORIGIN=APP_ORIGIN)  # only the API
+    assert "Access-Control-Allow-Origin" not in page
+
+
+def test_no_origin_is_allowed_by_default(api):
+    response = api.get("/api/files/", HTTP_ORIGIN=APP_ORIGIN)
+    assert response.status_code == 200
+    assert "Access-Control-Allow-Origin" not in response

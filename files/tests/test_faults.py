@@ -39,36 +39,15 @@ from files import services
 from files.models import Anomaly, File, MetricRecord
 from notifications.models import Event
 
-from .factories import server_4_bytes, upload, user_create
-
-pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
-
-RECORD = (
-    '{"timestamp":"2024-09-%02dT%02d:%02d:%02dZ","cpu_usage":%d,"memory_usage":50,'
-    '"disk_read":100,"disk_write":200,"network_in":300,"network_out":400,'
-    '"response_time":%d}'
+from .factories import (
+    expected_anomalies,
+    metrics_bytes,
+    server_4_bytes,
+    upload,
+    user_create,
 )
 
-
-def metrics_bytes(records: int) -> bytes:
-    """A one-server export, a record a second; every tenth has cpu_usage 90 (>85)."""
-    rows = ",".join(
-        RECORD
-        % (
-            10 + i // 86400,
-            i // 3600 % 24,
-            i // 60 % 60,
-            i % 60,
-            90 if i % 10 == 0 else 40,
-            i % 150,
-        )
-        for i in range(records)
-    )
-    return f'{{"server_id":"s1","metrics":[{rows}]}}'.encode()
-
-
-def expected_anomalies(records: int) -> int:
-    return (records + 9) // 10
+pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture

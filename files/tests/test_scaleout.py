@@ -27,8 +27,7 @@ from conftest import (
 )
 from files.models import File
 
-from .factories import server_4_bytes, user_create
-from .test_faults import metrics_bytes
+from .factories import metrics_bytes, server_4_bytes, user_create
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 

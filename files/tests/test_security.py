@@ -433,7 +433,8 @@ def test_hostile_names_never_reach_the_file_system_and_display_safely(user, rule
         for response in attempts:
             if response.status_code == 400:  # refused outright (e.g. too long): fine
                 continue
-            assert response.status_code == 201, (hostile, response.content)
+            # 201 from the canonical API, 200 from the seed's route (as the seed)
+            assert response.status_code in (200, 201), (hostile, response.content)
             file = File.objects.get(pk=response.json()["id"])
             stored = (media / file.content.name).resolve()
             assert stored.is_relative_to(media) and stored.is_file()

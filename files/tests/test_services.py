@@ -1,17 +1,27 @@
 """The services: storing uploads, processing, events, recovery."""
 
 import json
+import os
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connection
+from django.core.cache import cache
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
-from files import engine, services
-from files.models import Anomaly, AnomalyRule, File, MetricRecord, RecordError
+from files import engine, services, sink
+from files.exceptions import FileGone
+from files.models import (
+    Anomaly,
+    AnomalyRule,
+    File,
+    MetricRecord,
+    PendingDeletion,
+    RecordError,
+)
 from notifications.models import Event
 
 from .factories import (
@@ -29,9 +39,12 @@ pytestmark = pytest.mark.django_db
 def enqueued(monkeypatch) -> list[tuple[int, str]]:
     """The tasks sent to the broker, instead of sending them."""
     sent: list[tuple[int, str]] = []
-    monkeypatch.setattr(
-        services, "enqueue", lambda *, file_id, task_id: sent.append((file_id, task_id))
-    )
+
+    def enqueue(*, file_id: int, task_id: str) -> bool:
+        sent.append((file_id, task_id))
+        return True
+
+    monkeypatch.setattr(services, "enqueue", enqueue)
     return sent
 
 
@@ -375,8 +388,7 @@ def test_a_failed_write_leaves_no_results(
     user, rules, enqueued, many_batches, monkeypatch
 ):
     # On PostgreSQL the COPY runs in the writer thread: its error must come back.
-    name = "_copy" if connection.vendor == "postgresql" else "_write"
-    real = getattr(services.ResultSink, name)
+    real = sink.ResultSink._store
     writes = []
 
     def failing(self, *args):
@@ -385,7 +397,7 @@ def test_a_failed_write_leaves_no_results(
             raise RuntimeError("disk full")
         real(self, *args)
 
-    monkeypatch.setattr(services.ResultSink, name, failing)
+    monkeypatch.setattr(sink.ResultSink, "_store", failing)
     file = create(user, long_document())
     with pytest.raises(RuntimeError, match="disk full"):
         services.file_process(file_id=file.pk, task_id=file.task_id)
@@ -394,3 +406,167 @@ def test_a_failed_write_leaves_no_results(
     assert file.status == "processing"  # the task's handler fails it
     assert not MetricRecord.objects.filter(file=file).exists()
     assert not Anomaly.objects.filter(file=file).exists()
+
+
+# --- concurrent changes, one request at a time -------------------------------------
+
+
+def test_a_rename_from_a_stale_copy_keeps_what_the_worker_wrote(user, rules, enqueued):
+    file = create(user, server_4_bytes())
+    stale = File.objects.get(pk=file.pk)  # as a request read it, still queued
+    process(file)
+
+    services.file_update(file=stale, by=user, name="renamed.json")
+
+    file.refresh_from_db()
+    assert (file.name, file.status, file.record_count, file.anomaly_count) == (
+        "renamed.json",
+        "processed",
+        9,
+        27,
+    )
+    assert file.generation == 1
+
+
+def test_changing_a_deleted_file_brings_nothing_back(
+    user, rules, enqueued, django_capture_on_commit_callbacks, settings
+):
+    file = process(create(user, server_4_bytes()))
+    stale = File.objects.get(pk=file.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.file_delete(file=file)
+    uploads = Path(settings.MEDIA_ROOT) / "uploads"
+    before = set(uploads.iterdir())
+
+    for change in (
+        lambda: services.file_update(file=stale, by=user, upload=upload(b"[1]")),
+        lambda: services.file_update(file=stale, by=user, name="back.json"),
+        lambda: services.file_reprocess(file=stale, by=user),
+        lambda: services.file_delete(file=stale),
+    ):
+        with pytest.raises(FileGone):
+            change()
+
+    assert not File.objects.filter(pk=file.pk).exists()
+    assert set(uploads.iterdir()) == before  # the refused PUT kept no bytes
+    assert event_types(user)[-1] == "file.deleted"
+
+
+def test_a_delete_leaves_nothing_of_the_file(
+    user, rules, enqueued, django_capture_on_commit_callbacks
+):
+    file = process(create(user, server_4_bytes()))
+    invalid = process(create(user, b'{"metrics": [{"timestamp": 1}, {}]}'))
+    for doomed in (file, invalid):
+        with django_capture_on_commit_callbacks(execute=True):
+            services.file_delete(file=doomed)
+
+        for model in (MetricRecord, Anomaly, RecordError):
+            assert not model.objects.filter(file_id=doomed.pk).exists()
+        assert list(
+            Event.objects.filter(file_id=doomed.pk).values_list("type", flat=True)
+        ) == ["file.deleted"]
+        assert not PendingDeletion.objects.exists()
+        assert not Path(doomed.content.path).exists()
+
+
+def test_reprocessing_a_file_still_queued_is_one_run(
+    user, rules, enqueued, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        file = create(user, server_4_bytes())
+    events = Event.objects.count()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        again = services.file_reprocess(file=file, by=user)
+
+    assert (again.task_id, again.generation) == (file.task_id, 1)
+    assert Event.objects.count() == events
+    assert enqueued == [(file.pk, file.task_id)]
+
+
+def test_replace_and_reprocess_start_a_new_generation(user, rules, enqueued):
+    file = process(create(user, server_4_bytes()))
+    old_task = file.task_id
+
+    file = services.file_reprocess(file=file, by=user)
+    assert (file.generation, file.status, file.attempts) == (2, "queued", 0)
+    # The last outcome's results stay until the new run replaces them.
+    assert (file.record_count, MetricRecord.objects.filter(file=file).count()) == (9, 9)
+    assert services.file_process(file_id=file.pk, task_id=old_task).generation == 2
+
+    file = services.file_update(file=file, by=user, upload=upload(b"[1]", "v3.json"))
+    assert (file.generation, file.kind) == (3, None)
+    file = process(file)
+    assert (file.kind, file.status, file.record_count) == ("json", "processed", 0)
+    assert not MetricRecord.objects.filter(file=file).exists()
+
+
+@pytest.fixture
+def broker(monkeypatch) -> list[str]:
+    """The real `enqueue`, with the broker replaced by a list of the task ids sent."""
+    sent: list[str] = []
+    monkeypatch.setattr(
+        services.current_app,
+        "send_task",
+        lambda name, *, task_id, **options: sent.append(task_id),
+    )
+    return sent
+
+
+def test_recovery_leaves_a_waiting_task_alone_and_resends_a_lost_one(
+    user, rules, broker, settings, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        file = create(user, server_4_bytes())
+    long_ago = timezone.now() - timedelta(seconds=settings.DWELLFI_QUEUED_GRACE_SECONDS)
+    File.objects.filter(pk=file.pk).update(updated_at=long_ago)
+    events = Event.objects.count()
+
+    # The broker still holds its message (its marker is there): a long queue.
+    assert services.files_recover_stuck() == {"requeued": 0, "failed": 0}
+    assert broker == [file.task_id]
+
+    # Redis lost its queue (a restart without persistence): sent again, as it was.
+    cache.delete(services._enqueued_marker(file.task_id))
+    assert services.files_recover_stuck() == {"requeued": 1, "failed": 0}
+    assert broker == [file.task_id, file.task_id]
+    assert services.files_recover_stuck() == {"requeued": 0, "failed": 0}
+    file.refresh_from_db()
+    assert (file.status, file.generation) == ("queued", 1)
+    assert Event.objects.count() == events
+
+
+def test_recovery_requeues_a_lost_run_as_a_new_generation(
+    user, rules, broker, settings
+):
+    file = create(user, server_4_bytes())
+    long_ago = timezone.now() - timedelta(days=1)
+    File.objects.filter(pk=file.pk).update(
+        status=File.Status.PROCESSING, started_at=long_ago, attempts=1
+    )
+
+    assert services.files_recover_stuck() == {"requeued": 1, "failed": 0}
+
+    lost_task = file.task_id
+    file.refresh_from_db()
+    assert (file.status, file.generation, file.attempts) == ("queued", 2, 1)
+    assert file.task_id != lost_task
+    assert services.file_process(file_id=file.pk, task_id=lost_task).status == "queued"
+
+
+def test_the_sweep_removes_only_old_bytes_no_file_refers_to(user, enqueued, settings):
+    file = create(user, server_4_bytes())
+    uploads = Path(settings.MEDIA_ROOT) / "uploads"
+    orphan, fresh = uploads / "orphan.json", uploads / "fresh.json"
+    orphan.write_bytes(b"{}")
+    fresh.write_bytes(b"{}")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(orphan, (old, old))
+    os.utime(file.content.path, (old, old))
+
+    assert services.files_sweep_leftovers() == 1
+
+    assert not orphan.exists()
+    assert fresh.exists() and Path(file.content.path).exists()
+    fresh.unlink()

@@ -1,0 +1,18 @@
+"""What the write path raises: its own errors, mapped to HTTP by the API."""
+
+
+class FileGone(Exception):
+    """The file was deleted (or never was the caller's) while the request ran."""
+
+
+class Superseded(Exception):
+    """The run's generation is no longer the file's: replaced, reprocessed or
+    deleted while it ran. Nothing it wrote is kept."""
+
+
+class Busy(Exception):
+    """Another session held the file's processing lock for too long: try again.
+
+    A superseded run stops at its next batch, so this is a duplicate delivery that
+    is still running, or a killed worker whose session the database has not ended.
+    """

@@ -5,7 +5,10 @@ database and the configured Redis, for the end-to-end tests.
 """
 
 import os
+import secrets
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -165,6 +168,50 @@ def start_web(
     env: dict[str, str], logdir: Path, port: int, name: str = "web"
 ) -> Process:
     return processes.start_web(name, port, env=env, logdir=logdir)
+
+
+def production_env(**extra: str) -> dict[str, str]:
+    """This environment with production settings: DEBUG off, a key, allowed hosts."""
+    return {
+        **os.environ,
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": "dwellfi.example.com,127.0.0.1",
+        **extra,
+    }
+
+
+def start_production_web(
+    logdir: Path, media: Path, redis_url: str, *options: str, **settings_env: str
+) -> tuple[Process, int]:
+    """A daphne with production settings on the test database and a free port,
+    its static files collected into logdir/static (pages need their manifest);
+    `options` are daphne's, `settings_env` more of the environment."""
+    env = {
+        **production_env(),
+        **live_env(media),
+        "DJANGO_DEBUG": "0",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "REDIS_URL": redis_url,
+        "DWELLFI_STATIC_ROOT": str(logdir / "static"),
+        **settings_env,
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+        cwd=BASE_DIR,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    port = free_port()
+    web = processes.start(
+        "web",
+        processes.web_command(port, *options),
+        env=env,
+        logdir=logdir,
+        ready=lambda _: processes.answers_http(port),
+    )
+    return web, port
 
 
 @pytest.fixture(scope="session")

@@ -44,11 +44,20 @@ def manage(*args: str, env: dict[str, str]) -> None:
         raise SystemExit(f"manage.py {args[0]} failed with code {code}")
 
 
-def debug_mode() -> bool:
-    """DJANGO_DEBUG read exactly as the settings read it."""
+def development_env() -> dict[str, str]:
+    """This process's environment, in development mode unless DJANGO_DEBUG is set.
+
+    The ASGI application daphne serves defaults to production (dwellfi/asgi.py):
+    the processes started here get DJANGO_DEBUG=1 unless the caller chose otherwise.
+    """
+    return {"DJANGO_DEBUG": "1", **os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def debug_mode(env: dict[str, str]) -> bool:
+    """DJANGO_DEBUG in `env`, read exactly as the settings read it."""
     import environ
 
-    return environ.Env().bool("DJANGO_DEBUG", default=True)
+    return environ.Env.parse_value(env["DJANGO_DEBUG"], bool)
 
 
 def port_taken(port: int) -> bool:
@@ -67,9 +76,8 @@ def run(port: int) -> int:
     (VAR_DIR / "redis").mkdir(exist_ok=True)
     venv_bin = str(Path(sys.executable).parent)
     env = {
-        **os.environ,
+        **development_env(),
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONUNBUFFERED": "1",
         "DWELLFI_WEB_PORT": str(port),
     }
     processes = ["web", "worker", "beat"]
@@ -81,7 +89,7 @@ def run(port: int) -> int:
             "DWELLFI_REDIS_PORT": str(redis_port),
         }
         processes.insert(0, "redis")
-    debug = debug_mode()
+    debug = debug_mode(env)
     manage("migrate", "--noinput", env=env)
     if debug:
         manage("ensure_demo_user", "--verbosity", "0", env=env)
@@ -124,7 +132,7 @@ def banner(port: int, debug: bool, processes: list[str]) -> None:
 def test(pytest_args: Sequence[str]) -> int:
     """Run pytest against REDIS_URL or an embedded Redis; pytest's exit code."""
     VAR_DIR.mkdir(exist_ok=True)
-    env = dict(os.environ)
+    env = development_env()
     redis = None
     if not env.get("REDIS_URL"):
         (VAR_DIR / "redis").mkdir(exist_ok=True)

@@ -9,6 +9,7 @@ Follow one upload from web to worker by its request id:
   id and the file id, and `task_postrun` logs how the task ended.
 - `ContextFilter` stamps `request_id`, `task_id` and `file_id` on every record, and
   `JsonFormatter` writes each record as one line of JSON.
+- `RefusalFilter` keeps Django's refusals of malformed requests to one line each.
 """
 
 import json
@@ -119,6 +120,17 @@ class ContextFilter(logging.Filter):
             record.request_id = getattr(
                 getattr(record, "request", None), "request_id", None
             )
+        return True
+
+
+class RefusalFilter(logging.Filter):
+    """Django's refusals of malformed requests (`django.security.*`), without the
+    traceback Django attaches: the client's error, not the code's, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("django.security."):
+            record.exc_info = None
+            record.exc_text = None
         return True
 
 

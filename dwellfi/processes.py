@@ -32,10 +32,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def web_command(port: int) -> list[str]:
-    """daphne serving DwellFi, as in production."""
+def web_command(port: int, *options: str) -> list[str]:
+    """daphne serving DwellFi, as in production (`options`: daphne's, e.g. behind
+    a proxy `--proxy-headers`)."""
     return [
         *(sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)),
+        *options,
         "dwellfi.asgi:application",
     ]
 
@@ -65,6 +67,15 @@ def answers_http(port: int) -> bool:
     except httpx.HTTPError:
         return False
     return response.status_code == 200
+
+
+def accepts_tcp(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+    except OSError:
+        return False
 
 
 def answers_redis(port: int) -> bool:

@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_results",
     "channels",
+    "axes",
     "files",
     "notifications",
 ]
@@ -59,6 +60,8 @@ MIDDLEWARE = [
     # Before anything else that answers on its own (a 413, say): preflights are
     # answered here, and every answer to an allowed origin carries its headers.
     "corsheaders.middleware.CorsMiddleware",
+    # Before anything reads the query, the cookies (the session) or the headers.
+    "dwellfi.middleware.nul_character_middleware",
     # Before anything reads the body: sizes it by what was received (413, chunked).
     "files.uploads.RequestBodyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -68,6 +71,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: answers a locked-out sign-in with its 429.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dwellfi.urls"
@@ -218,6 +223,10 @@ DWELLFI_MAX_ATTEMPTS = env.int("DWELLFI_MAX_ATTEMPTS", default=3)
 # A queued file older than this is enqueued again (the broker may have been down).
 DWELLFI_QUEUED_GRACE_SECONDS = env.int("DWELLFI_QUEUED_GRACE_SECONDS", default=5 * 60)
 DWELLFI_PROGRESS_INTERVAL = env.float("DWELLFI_PROGRESS_INTERVAL", default=0.25)
+# Behind nginx: the internal location that serves the media root, to which
+# downloads are handed with X-Accel-Redirect (deploy/nginx). Unset, daphne streams
+# them itself.
+DWELLFI_X_ACCEL_PREFIX = env.str("DWELLFI_X_ACCEL_PREFIX", default="")
 
 # Storage: the local disk (DWELLFI_MEDIA_ROOT) or S3 through django-storages when
 # machines do not share a disk.
@@ -240,6 +249,9 @@ if env.str("DWELLFI_S3_BUCKET", default=""):
             "region_name": env.str("DWELLFI_S3_REGION", default=None),
             "default_acl": None,
             "file_overwrite": False,
+            # Downloads redirect to pre-signed URLs: Signature Version 4, the one
+            # every region accepts.
+            "signature_version": "s3v4",
         },
     }
 STORAGES = {
@@ -271,8 +283,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PARSER_CLASSES": [
         "files.api.parsers.SafeJSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
+        "files.api.parsers.StrictFormParser",
+        "files.api.parsers.StrictMultiPartParser",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "files.api.errors.exception_handler",
@@ -297,6 +309,26 @@ AUTH_PASSWORD_VALIDATORS = [
         "NumericPasswordValidator",
     )
 ]
+# Sign-in attempts (django-axes): after DWELLFI_LOGIN_FAILURE_LIMIT wrong passwords
+# in a row for one username from one address, that pair is refused (429) for
+# DWELLFI_LOGIN_COOLOFF_MINUTES. The pair, not the address alone, so colleagues
+# behind one NAT are not locked out by one another, and not the username alone, so
+# a stranger cannot lock a user out. Attempts are rows in the database (shared by
+# every web process, in the admin); successful sign-ins are not logged (unbounded).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("DWELLFI_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(
+    minutes=env.int("DWELLFI_LOGIN_COOLOFF_MINUTES", default=15)
+)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True
+AXES_LOCKOUT_CALLABLE = "files.api.errors.locked_out"
+AXES_VERBOSE = False  # no banner on every manage.py command
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -325,13 +357,16 @@ X_FRAME_OPTIONS = "DENY"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "dwellfi.logging.ContextFilter"}},
+    "filters": {
+        "context": {"()": "dwellfi.logging.ContextFilter"},
+        "refusals": {"()": "dwellfi.logging.RefusalFilter"},
+    },
     "formatters": {"json": {"()": "dwellfi.logging.JsonFormatter"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json",
-            "filters": ["context"],
+            "filters": ["context", "refusals"],
         }
     },
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", "INFO")},

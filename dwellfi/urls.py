@@ -2,10 +2,11 @@
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from dwellfi import health
 from files import views as pages
+from files.api import errors
 from files.api.urls import api_urlpatterns, seed_urlpatterns
 
 urlpatterns = [
@@ -27,8 +28,15 @@ urlpatterns = [
     path("api/", include(api_urlpatterns)),
     path("api-auth/", include("rest_framework.urls")),
     path("files/", include(seed_urlpatterns)),
+    # After the API's routes: any other path under their prefixes is a JSON 404.
+    re_path(
+        r"^(?:api|files)(?:/|$)",
+        errors.unknown_api_path,
+        name=errors.UNKNOWN_API_PATH,
+    ),
     path("admin/", admin.site.urls),
 ]
 
+handler400 = "files.api.errors.bad_request"
 handler404 = "files.api.errors.not_found"
 handler500 = "files.api.errors.server_error"

@@ -4,9 +4,11 @@ import functools
 import json
 from typing import Any
 
+from django.core.validators import ProhibitNullCharactersValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from notifications.models import Event
 from notifications.publisher import EVENT_NAMES
@@ -209,6 +211,13 @@ class SeedFileSerializer(serializers.ModelSerializer):
         return File.Status.PROCESSING
 
 
+# What DRF's CharField checks in every text it accepts.
+TEXT_VALIDATORS = (
+    ProhibitNullCharactersValidator(),
+    ProhibitSurrogateCharactersValidator(),
+)
+
+
 @extend_schema_field(
     {
         "type": "object",
@@ -236,11 +245,17 @@ class SeedFormField(serializers.JSONField):
                 ) from exc
         if not isinstance(data, dict):
             raise serializers.ValidationError("Expected a JSON object.")
-        return {
+        details = {
             key: str(data[key])
             for key in ("filename", "type")
             if data.get(key) not in (None, "")
         }
+        # JSON escapes can spell what PostgreSQL cannot store (\u0000) or UTF-8
+        # cannot encode (a lone \ud800): refused here, before the upload is stored.
+        for value in details.values():
+            for validator in TEXT_VALIDATORS:
+                validator(value)
+        return details
 
 
 class SeedUploadSerializer(serializers.Serializer):

@@ -8,12 +8,15 @@ from drf_spectacular.utils import OpenApiRequest
 from ..serializers import ErrorSerializer
 
 ERROR_DESCRIPTIONS = {
-    "400": "Bad input; field errors are listed under `errors`.",
+    "400": "Bad input (field errors are listed under `errors`), or a malformed "
+    "request: over 1,000 fields or 100 files, a NUL character, text that is not "
+    "UTF-8.",
     "401": "No or bad credentials.",
     "403": "Refused: a session-authenticated request without a valid CSRF token.",
     "404": "No such file for the caller (another user's file does not exist for "
     "them), or no such page.",
-    "413": "The upload is larger than `DWELLFI_MAX_UPLOAD_BYTES`; nothing is stored.",
+    "413": "The upload is larger than `DWELLFI_MAX_UPLOAD_BYTES`, or its other "
+    "fields than 2.5 MB; nothing is stored.",
     "415": "The request body is not `multipart/form-data`.",
     "429": "Too many uploads: try again after `Retry-After` seconds.",
 }

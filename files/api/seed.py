@@ -9,7 +9,6 @@ app's home list never reads `meta_data`).
 
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,8 +16,10 @@ from rest_framework.views import APIView
 from .. import selectors, services
 from ..models import File
 from ..serializers import SeedFileSerializer, SeedUpdateSerializer, SeedUploadSerializer
+from .parsers import StrictFormParser, StrictMultiPartParser
 from .schema import ApiSchema, multipart
-from .views import UploadThrottle, log_upload
+from .throttles import UploadThrottle
+from .views import log_upload
 
 FILE_ID = OpenApiParameter(
     "id", int, OpenApiParameter.PATH, description="The file's id."
@@ -42,7 +43,7 @@ class SeedUploadView(APIView):
     """`POST /files/uploadfile/`: multipart `file`, optional `file_data_create_form`."""
 
     schema = ApiSchema()
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [StrictMultiPartParser, StrictFormParser]
     throttle_classes = [UploadThrottle]
 
     @extend_schema(
@@ -88,7 +89,7 @@ class SeedUpdateView(APIView):
     """`PUT /files/updatefile/{id}`: optional `file` and `file_update_form`."""
 
     schema = ApiSchema()
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [StrictMultiPartParser, StrictFormParser]
     throttle_classes = [UploadThrottle]
 
     @extend_schema(

@@ -2,7 +2,7 @@
 
 import logging
 
-from django.http import FileResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -12,10 +12,8 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import UserRateThrottle
 
 from notifications.models import Event
 
@@ -30,7 +28,10 @@ from ..serializers import (
     MetricSeriesSerializer,
     RecordErrorSerializer,
 )
+from .downloads import download_response
+from .parsers import StrictFormParser, StrictMultiPartParser
 from .schema import ApiSchema, multipart
+from .throttles import UploadThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +42,6 @@ def log_upload(file: File, *, replaced: bool = False) -> None:
         "file replaced" if replaced else "file uploaded",
         extra={"file_id": file.pk, "size": file.size, "task_id": file.task_id},
     )
-
-
-class UploadThrottle(UserRateThrottle):
-    """Uploads per user, counted in the shared cache (Redis) across web processes."""
-
-    scope = "uploads"
 
 
 ORDERING_FIELDS = [
@@ -110,7 +105,7 @@ class FileViewSet(
     ordering = ["-created_at", "-id"]
     http_method_names = ["get", "post", "put", "delete", "head", "options"]
     # The only request bodies here are uploads.
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [StrictMultiPartParser, StrictFormParser]
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
@@ -212,16 +207,9 @@ class FileViewSet(
         ],
     )
     @action(detail=True, filter_backends=[])
-    def download(self, request: Request, pk: str | None = None) -> FileResponse:
+    def download(self, request: Request, pk: str | None = None) -> HttpResponseBase:
         """The original bytes, as an attachment."""
-        file = self.get_object()
-        # Served as opaque bytes: a failed upload need not be JSON at all.
-        return FileResponse(
-            file.content.open("rb"),
-            as_attachment=True,
-            filename=file.name,
-            content_type="application/octet-stream",
-        )
+        return download_response(request._request, self.get_object())
 
     def _paginated(self, queryset, serializer_class) -> Response:
         page = self.paginator.paginate_queryset(queryset, self.request, view=self)

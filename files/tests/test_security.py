@@ -9,11 +9,13 @@ daphne, since the test client always sets Content-Length and runs with DEBUG on.
 import http.client
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -24,9 +26,17 @@ from rest_framework.authtoken.models import Token
 from rest_framework.schemas.generators import EndpointEnumerator
 from rest_framework.test import APIClient
 
-from conftest import RedisServer, free_port, live_env, start_web
+from conftest import (
+    RedisServer,
+    free_port,
+    live_env,
+    production_env,
+    start_process,
+    start_web,
+)
+from dwellfi.processes import web_command
 from files import services
-from files.api.views import UploadThrottle
+from files.api.throttles import UploadThrottle
 from files.models import File
 
 from .factories import server_4_bytes, user_create
@@ -134,7 +144,8 @@ def test_uploads_are_throttled_per_user_in_redis(api, user, other_user, monkeypa
     import redis
 
     monkeypatch.setattr(UploadThrottle, "THROTTLE_RATES", {"uploads": "3/min"})
-    key = f"{settings.CACHES['default']['KEY_PREFIX']}:1:throttle_uploads_{user.pk}"
+    prefix = settings.CACHES["default"]["KEY_PREFIX"]
+    key = f"{prefix}:1:throttle_window_uploads_{user.pk}"
     store = redis.Redis.from_url(settings.REDIS_URL)
     store.delete(key, key.replace(str(user.pk), str(other_user.pk)))
 
@@ -165,6 +176,25 @@ def test_uploads_are_throttled_per_user_in_redis(api, user, other_user, monkeypa
     assert api.post("/api/files/", multipart_file(server_4_bytes())).status_code == 201
 
 
+def test_concurrent_uploads_of_one_user_pass_exactly_at_the_rate(user, monkeypatch):
+    """DRF's throttle read and wrote the history without a lock: 8 uploads at once
+    left a history of 6. Here 20 at once, at a rate of 5 a minute: exactly 5 pass,
+    the others are told when to retry."""
+    monkeypatch.setattr(UploadThrottle, "THROTTLE_RATES", {"uploads": "5/min"})
+    request = SimpleNamespace(user=user)
+    start = threading.Barrier(20)
+
+    def attempt(_: int) -> tuple[bool, float | None]:
+        throttle = UploadThrottle()
+        start.wait()
+        return throttle.allow_request(request, None), throttle.wait()
+
+    with ThreadPoolExecutor(20) as pool:
+        outcomes = list(pool.map(attempt, range(20)))
+    assert [allowed for allowed, _ in outcomes].count(True) == 5
+    assert all(0 < wait <= 60 for allowed, wait in outcomes if not allowed)
+
+
 def test_the_throttle_lets_uploads_through_when_redis_is_down(api, settings):
     """Failing open: Redis down is the broker's problem, not a reason for a 500."""
     from dwellfi.cache import FailOpenRedisCache
@@ -180,6 +210,54 @@ def test_the_throttle_lets_uploads_through_when_redis_is_down(api, settings):
     finally:
         FailOpenRedisCache._retry_at = 0.0
     assert response.status_code == 201
+
+
+# --- sign-in attempts ---------------------------------------------------------------
+
+
+def sign_in(
+    http: httpx.Client, username: str, password: str, **headers: str
+) -> httpx.Response:
+    """Submit the sign-in form as a browser does (the page first: the CSRF token)."""
+    http.get("/login/")
+    form = {
+        "username": username,
+        "password": password,
+        "csrfmiddlewaretoken": http.cookies["csrftoken"],
+    }
+    return http.post("/login/", data=form, headers=headers)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_sign_ins_are_paused_after_five_wrong_passwords(live_stack):
+    """Through daphne (django-axes): the fifth wrong password in a row for a user is
+    answered 429 with a page saying why and for how long, and so is every attempt
+    after it, the right password included; other users signing in from the same
+    address are not affected. JSON clients get the reason as JSON."""
+    victim, colleague = user_create(), user_create()
+    with httpx.Client(base_url=live_stack.base_url) as http:
+        for attempt in range(4):
+            wrong = sign_in(http, victim.username, "wrong")
+            assert wrong.status_code == 200, attempt  # the form again, with its error
+            assert "Please enter a correct username and password" in wrong.text
+        for password in ("wrong", "pw-test-123"):
+            refused = sign_in(http, victim.username, password)
+            assert refused.status_code == 429
+            assert "Too many failed sign-in attempts" in refused.text
+            assert "paused for 15 minutes" in refused.text
+            assert refused.headers["Retry-After"] == "900"
+        assert "sessionid" not in http.cookies
+        as_json = sign_in(
+            http, victim.username, "pw-test-123", Accept="application/json"
+        )
+        assert as_json.status_code == 429
+        assert as_json.json()["detail"].startswith("5 wrong passwords in a row")
+
+    with httpx.Client(base_url=live_stack.base_url) as http:
+        signed_in = sign_in(http, colleague.username, "pw-test-123")
+        assert signed_in.status_code == 302
+        assert "sessionid" in http.cookies
 
 
 # --- size limits ----------------------------------------------------------------------
@@ -452,16 +530,6 @@ def test_security_headers_on_pages_and_api(client, api, user):
         assert response["Cross-Origin-Opener-Policy"] == "same-origin"
 
 
-def production_env(**extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "DJANGO_ALLOWED_HOSTS": "dwellfi.example.com,127.0.0.1",
-        **extra,
-    }
-
-
 def test_deploy_checks_pass_with_production_settings():
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
@@ -490,11 +558,44 @@ def test_production_refuses_to_start_without_a_secret_key():
     assert "DJANGO_SECRET_KEY" in result.stderr
 
 
+SHOW_DEBUG = "from django.conf import settings; print(settings.DEBUG)"
+
+
+def test_manage_py_defaults_to_development():
+    """Beside `make run`, `manage.py createsuperuser` or `drf_create_token` work
+    with nothing set: manage.py loads the development settings."""
+    unset = ("DJANGO_DEBUG", "DJANGO_SECRET_KEY")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", SHOW_DEBUG],
+        cwd=settings.BASE_DIR,
+        env={k: v for k, v in os.environ.items() if k not in unset},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_daphne_defaults_to_production_and_needs_a_secret_key(tmp_path):
+    """daphne serving `dwellfi.asgi:application` with neither DJANGO_DEBUG nor a
+    secret key set does not start in development mode: it refuses to start."""
+    env = production_env(**live_env(tmp_path))
+    del env["DJANGO_DEBUG"], env["DJANGO_SECRET_KEY"]
+    web = start_process("web", web_command(free_port()), env, tmp_path)
+    try:
+        assert web.popen.wait(60) != 0
+    finally:
+        web.stop()
+    assert "Set the DJANGO_SECRET_KEY environment variable" in web.output()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_production_daphne_redirects_to_https_and_sends_hsts(tmp_path):
-    """DEBUG off, behind a TLS proxy: plain HTTP is redirected (except /healthz),
-    HTTPS answers carry HSTS, unknown hosts are refused. (Secure cookies and the
-    rest are what `check --deploy` verifies.)"""
+    """No DJANGO_DEBUG at all, so production (dwellfi/asgi.py's default), behind a
+    TLS proxy: plain HTTP is redirected (except /healthz), HTTPS answers carry
+    HSTS, unknown hosts are refused. (Secure cookies and the rest are what
+    `check --deploy` verifies.)"""
     env = production_env(
         **{
             k: v
@@ -502,6 +603,7 @@ def test_production_daphne_redirects_to_https_and_sends_hsts(tmp_path):
             if k.startswith(("DATABASE", "REDIS", "DWELLFI_MEDIA"))
         }
     )
+    del env["DJANGO_DEBUG"]
     port = free_port()
     web = start_web(env, tmp_path, port)
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 from mirakuru import Executor
+from mirakuru.base import ENV_UUID
 from mirakuru.exceptions import ProcessExitedWithError, TimeoutExpired
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -133,6 +134,13 @@ class Process(Executor):
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    @property
+    def envvars(self) -> dict[str, str]:
+        """Exactly the environment given (mirakuru's own adds os.environ): a test
+        must be able to leave a variable out. Plus mirakuru's marker of its
+        children."""
+        return {**self._envvars, ENV_UUID: self._uuid}
 
     def pre_start_check(self) -> bool:
         return False  # ports are fresh: nothing of ours can be running there

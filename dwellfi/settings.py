@@ -9,6 +9,7 @@ from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from django_guid.integrations import CeleryIntegration
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -48,6 +49,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_results",
+    "django_guid",
     "channels",
     "axes",
     "files",
@@ -55,7 +57,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "dwellfi.logging.RequestIdMiddleware",
+    # First: every line a request causes, its tasks' included, carries its id.
+    "django_guid.middleware.guid_middleware",
     "django.middleware.security.SecurityMiddleware",
     # Before anything else that answers on its own (a 413, say): preflights are
     # answered here, and every answer to an allowed origin carries its headers.
@@ -352,21 +355,43 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 
-# One JSON object a line, stamped with request, task and file ids (dwellfi/logging.py);
-# the web and the worker (Celery keeps this configuration) log the same way.
+# One JSON object a line (python-json-logger), stamped with the request id
+# (django-guid: the X-Request-ID header, or a new one, passed on to the tasks it
+# sends) and the task and file ids (dwellfi/log.py); the web and the worker (Celery
+# is told to keep this configuration) log the same way.
+DJANGO_GUID = {
+    "GUID_HEADER_NAME": "X-Request-ID",
+    "INTEGRATIONS": [CeleryIntegration(use_django_logging=True)],
+}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
-        "context": {"()": "dwellfi.logging.ContextFilter"},
-        "refusals": {"()": "dwellfi.logging.RefusalFilter"},
+        "request": {
+            "()": "django_guid.log_filters.CorrelationId",
+            "correlation_id_field": "request_id",
+        },
+        "task": {"()": "dwellfi.log.TaskContext"},
+        "refusals": {"()": "dwellfi.log.RefusalFilter"},
     },
-    "formatters": {"json": {"()": "dwellfi.logging.JsonFormatter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {
+                "levelname": "level",
+                "name": "logger",
+                "exc_info": "exception",
+            },
+            "timestamp": "time",
+            "json_ensure_ascii": False,
+        }
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json",
-            "filters": ["context", "refusals"],
+            "filters": ["request", "task", "refusals"],
         }
     },
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", "INFO")},
@@ -374,5 +399,7 @@ LOGGING = {
         # Django's own console handler (DEBUG only) would print its lines twice.
         "django": {"handlers": [], "level": "INFO"},
         "django.channels.server": {"level": "WARNING"},
+        # A line per request about where its id came from: noise.
+        "django_guid": {"level": "WARNING"},
     },
 }

@@ -175,7 +175,15 @@ def file_create(
     except BaseException:
         _unstore(file.content.name)
         raise
+    _log_upload("file uploaded", file)
     return file
+
+
+def _log_upload(message: str, file: File) -> None:
+    """The line that starts an upload's trail through the logs (with the request id)."""
+    logger.info(
+        message, extra={"file_id": file.pk, "size": file.size, "task_id": file.task_id}
+    )
 
 
 def file_update(
@@ -211,6 +219,7 @@ def file_update(
     except BaseException:
         _unstore(stored["content"])
         raise
+    _log_upload("file replaced", current)
     return current
 
 

@@ -1,6 +1,8 @@
 """Celery tasks: thin, idempotent, keyed by file id."""
 
 import logging
+import time
+from typing import Any
 
 import psycopg
 from celery import shared_task
@@ -30,36 +32,59 @@ TRANSIENT = (
 
 @shared_task(bind=True, max_retries=5, acks_late=True)
 def process_file(self, file_id: int) -> str:
-    """Process one file; the message carries its id, never its contents."""
+    """Process one file; the message carries its id, never its contents.
+
+    Logs "task started" and "task finished" (with the outcome, the counts and how
+    long it took), each stamped with the request id that queued it.
+    """
+    logger.info("task started")
+    started = time.monotonic()
+    outcome = _process(self, file_id)
+    logger.info(
+        "task finished",
+        extra={**outcome, "duration": round(time.monotonic() - started, 3)},
+    )
+    return outcome["status"]
+
+
+def _process(task, file_id: int) -> dict[str, Any]:
+    """Run the service; the outcome for the log: status and, once final, counts."""
     try:
-        file = services.file_process(file_id=file_id, task_id=self.request.id)
+        file = services.file_process(file_id=file_id, task_id=task.request.id)
     except SoftTimeLimitExceeded:
         limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
         services.file_fail(
             file_id=file_id,
-            task_id=self.request.id,
+            task_id=task.request.id,
             error={"message": f"Processing took longer than {limit} seconds"},
         )
-        return "failed"
+        return {"status": "failed"}
     except TRANSIENT as exc:
-        countdown = min(2**self.request.retries, 60)
+        countdown = min(2**task.request.retries, 60)
         logger.warning(
             "file %s: transient error, retry in %ss: %s", file_id, countdown, exc
         )
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        raise task.retry(exc=exc, countdown=countdown) from exc
     except Exception as exc:
         # A defect, not the file's fault: say so on the file instead of leaving it
         # `processing` until recovery notices.
         logger.exception("file %s: processing crashed", file_id)
         services.file_fail(
             file_id=file_id,
-            task_id=self.request.id,
+            task_id=task.request.id,
             error={
                 "message": f"Internal error while processing ({type(exc).__name__})"
             },
         )
-        return "failed"
-    return file.status if file is not None else "skipped"
+        return {"status": "failed"}
+    if file is None:
+        return {"status": "skipped"}
+    return {
+        "status": file.status,
+        "record_count": file.record_count,
+        "invalid_record_count": file.invalid_record_count,
+        "anomaly_count": file.anomaly_count,
+    }
 
 
 @shared_task

@@ -19,7 +19,6 @@ from ..serializers import SeedFileSerializer, SeedUpdateSerializer, SeedUploadSe
 from .parsers import StrictFormParser, StrictMultiPartParser
 from .schema import ApiSchema, multipart
 from .throttles import UploadThrottle
-from .views import log_upload
 
 FILE_ID = OpenApiParameter(
     "id", int, OpenApiParameter.PATH, description="The file's id."
@@ -60,7 +59,6 @@ class SeedUploadView(APIView):
             name=details.get("filename"),
             declared_type=details.get("type", ""),
         )
-        log_upload(file)
         return _one_file(file)
 
 
@@ -110,5 +108,4 @@ class SeedUpdateView(APIView):
             declared_type=details.get("type"),
         )
         if form.validated_data.get("file") is not None:
-            log_upload(file, replaced=True)
-        return _one_file(file)
+            return _one_file(file)

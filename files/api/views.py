@@ -36,14 +36,6 @@ from .throttles import UploadThrottle
 logger = logging.getLogger(__name__)
 
 
-def log_upload(file: File, *, replaced: bool = False) -> None:
-    """The line that starts an upload's trail through the logs (request id, file id)."""
-    logger.info(
-        "file replaced" if replaced else "file uploaded",
-        extra={"file_id": file.pk, "size": file.size, "task_id": file.task_id},
-    )
-
-
 ORDERING_FIELDS = [
     "created_at",
     "updated_at",
@@ -130,7 +122,6 @@ class FileViewSet(
             upload=upload.validated_data["file"],
             name=upload.validated_data.get("name"),
         )
-        log_upload(file)
         return Response(FileSerializer(file).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -148,7 +139,6 @@ class FileViewSet(
             upload=upload.validated_data["file"],
             name=upload.validated_data.get("name", upload.validated_data["file"].name),
         )
-        log_upload(file, replaced=True)
         return Response(FileSerializer(file).data)
 
     def perform_destroy(self, instance: File) -> None:

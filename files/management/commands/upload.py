@@ -18,12 +18,12 @@ from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import UploadedFile
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
+from django_guid import clear_guid, set_guid
+from django_guid.utils import generate_guid
 from rest_framework.exceptions import ValidationError
 
-from dwellfi.logging import new_request_id, request_id_var
 from files import services
 from files.api.errors import first_message
-from files.api.views import log_upload
 from files.models import File
 
 POLL_SECONDS = 0.2
@@ -63,11 +63,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         # One request id for the run: the logs of every file it uploads carry it.
-        token = request_id_var.set(new_request_id())
+        set_guid(generate_guid())
         try:
             self._handle(**options)
         finally:
-            request_id_var.reset(token)
+            clear_guid()
 
     def _handle(self, **options: Any) -> None:
         owner = self._owner(options["user"])
@@ -116,14 +116,11 @@ class Command(BaseCommand):
             )
             try:
                 if not sync:
-                    file = services.file_create(owner=owner, upload=upload)
-                    log_upload(file)
-                    return file
+                    return services.file_create(owner=owner, upload=upload)
                 # One transaction: the task the upload enqueues is sent only after
                 # commit, when the file is final, so a worker finds nothing to do.
                 with transaction.atomic():
                     file = services.file_create(owner=owner, upload=upload)
-                    log_upload(file)
                     services.file_process(file_id=file.pk, task_id=file.task_id)
             except ValidationError as exc:
                 self._say(path, f"refused: {first_message(exc.detail)}", ok=False)

@@ -17,6 +17,7 @@ from django.core.exceptions import (
     TooManyFieldsSent,
     TooManyFilesSent,
 )
+from django.db import OperationalError, connection
 from django.http import (
     Http404,
     HttpRequest,
@@ -62,10 +63,32 @@ def refusal(exc: SuspiciousOperation) -> APIException:
     return ParseError("Malformed request.")
 
 
+class DatabaseBusy(APIException):
+    """SQLite's one write lock stayed taken past its timeout (a long run holds it)."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "database_busy"
+    default_detail = (
+        "The database is busy writing another file's results; try again shortly."
+    )
+
+
+def _sqlite_locked(exc: Exception) -> bool:
+    return (
+        isinstance(exc, OperationalError)
+        and connection.vendor == "sqlite"
+        and "database is locked" in str(exc)
+    )
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, with field errors summed up in `detail` and kept in `errors`."""
     if isinstance(exc, FileGone):
         exc = Http404()  # deleted while the request ran: as if it never was
+    if _sqlite_locked(exc):
+        response = drf_exception_handler(DatabaseBusy(), context)
+        response["Retry-After"] = "10"
+        return response
     if isinstance(exc, SuspiciousOperation):
         # Logged as Django logs it outside DRF, but as the client's error: one
         # line, no traceback.

@@ -4,6 +4,7 @@ import json
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import OperationalError, connection
 from rest_framework.test import APIClient
 
 from files import services
@@ -412,3 +413,20 @@ def test_no_origin_is_allowed_by_default(api):
     response = api.get("/api/files/", HTTP_ORIGIN=APP_ORIGIN)
     assert response.status_code == 200
     assert "Access-Control-Allow-Origin" not in response
+
+
+def test_sqlite_busy_past_its_timeout_is_a_503_to_try_again(
+    api, user, rules, monkeypatch
+):
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's single write lock")
+    file = processed_file(user)
+
+    def locked(**kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(services, "file_reprocess", locked)
+    response = api.post(f"/api/files/{file.pk}/reprocess/")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "10"
+    assert "busy" in response.json()["detail"]

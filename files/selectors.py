@@ -23,6 +23,9 @@ from notifications.models import Event
 from .models import METRICS, Anomaly, AnomalyRule, File, MetricRecord, RecordError
 
 SNAPSHOT_RECENT = 20
+# In-flight files are bounded by the processing quota; this caps the snapshot
+# should the quota be lifted (the rest still arrive as events).
+SNAPSHOT_IN_FLIGHT = 200
 
 
 def file_list(*, user: AbstractBaseUser) -> QuerySet[File]:
@@ -36,13 +39,14 @@ def file_get(*, user: AbstractBaseUser, file_id: int) -> File | None:
 
 
 def file_snapshot(*, user: AbstractBaseUser) -> list[File]:
-    """The user's recent files and every file still in flight, newest first."""
+    """The user's recent files and the files still in flight (up to
+    SNAPSHOT_IN_FLIGHT of them), newest first."""
     recent = list(file_list(user=user)[:SNAPSHOT_RECENT])
     seen = {f.pk for f in recent}
     in_flight = (
         file_list(user=user)
         .filter(status__in=[File.Status.QUEUED, File.Status.PROCESSING])
-        .exclude(pk__in=seen)
+        .exclude(pk__in=seen)[:SNAPSHOT_IN_FLIGHT]
     )
     return sorted(
         [*recent, *in_flight], key=lambda f: (f.created_at, f.pk), reverse=True

@@ -620,7 +620,11 @@ def _run_engine(file: File) -> tuple[engine.Outcome, list[engine.Anomaly]]:
 
 
 def _progress_reporter(file: File, sink: ResultSink) -> Callable[[float], None]:
-    """Live `file.progress` events, a few a second at most, until superseded."""
+    """Live `file.progress` events, a few a second at most, until superseded.
+
+    Each is tiny: status, progress, the status message, attempts and the file's
+    last durable event id (so a client can tell a stale one), no file resource.
+    """
     interval = settings.DWELLFI_PROGRESS_INTERVAL
     last_sent = time.monotonic()
 
@@ -631,7 +635,14 @@ def _progress_reporter(file: File, sink: ResultSink) -> Callable[[float], None]:
             return
         last_sent = now
         file.progress = round(min(max(fraction, 0.0), 0.99), 4)
-        fields = _event_fields(file, "file.progress", file_resource(file))
+        # Tiny, a few a second: what a progress bar needs, never the resource.
+        fields = {
+            "status": file.status,
+            "progress": file.progress,
+            "status_message": _outcome_message(file),
+            "attempts": file.attempts,
+            "last_event_id": file.last_event_id,
+        }
         send_live(
             file.owner_id,
             build_message("file.progress", file_id=file.pk, fields=fields),

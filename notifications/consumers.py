@@ -10,7 +10,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from rest_framework.authtoken.models import Token
 
 from files import selectors
-from files.serializers import FileSerializer
+from files.serializers import FileItemSerializer
 
 from .publisher import user_group
 from .seed import is_seed_event, seed_messages, speaks_seed
@@ -166,7 +166,7 @@ def _token_user(key: str) -> AbstractBaseUser | None:
 @database_sync_to_async
 def _snapshot(user: AbstractBaseUser) -> tuple[int, list[dict[str, Any]]]:
     last_event_id = selectors.last_event_id(user=user)
-    files = FileSerializer(selectors.file_snapshot(user=user), many=True).data
+    files = FileItemSerializer(selectors.file_snapshot(user=user), many=True).data
     return last_event_id, [dict(f) for f in files]
 
 

@@ -24,6 +24,7 @@ from ..models import File
 from ..serializers import (
     AnomalySerializer,
     EventSerializer,
+    FileItemSerializer,
     FileSerializer,
     FileUploadSerializer,
     MetricSeriesQuerySerializer,
@@ -116,6 +117,10 @@ class FileViewSet(
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return File.objects.none()
         return selectors.file_list(user=self.request.user)
+
+    def get_serializer_class(self):
+        # Up to 500 a page: each item bounded, the servers list only for one file.
+        return FileItemSerializer if self.action == "list" else FileSerializer
 
     def get_throttles(self):
         if self.action in ("create", "update", "reprocess"):

@@ -225,33 +225,14 @@ def test_a_client_that_reconnects_with_after_gets_exactly_what_it_missed(
     assert ids == list(range(cursor + 1, cursor + 1 + len(ids)))
 
 
-def many_servers_bytes(servers: int) -> bytes:
-    """An export of many servers, one record each: each outcome event carries a
-    summary listing every server, about 150 bytes apiece."""
-    documents = [
-        {
-            "server_id": f"server-{n:04d}",
-            "server_name": f"web-server-{n:04d}.eu-west.dwellfi.example",
-            "location": f"data-center-{n % 7}, rack {n:04d}",
-            "metrics": [
-                {"timestamp": "2024-09-19T10:00:00Z", "cpu_usage": 50, "disk_read": 9}
-            ],
-        }
-        for n in range(servers)
-    ]
-    return json.dumps(documents).encode()
-
-
-def process_in_process(owner, count: int, content: bytes | None = None) -> list[int]:
+def process_in_process(owner, count: int) -> list[int]:
     """Upload and process files in this process, as a worker would.
 
     Their events reach the daphne under test through the shared Redis.
     """
     file_ids = []
     for _ in range(count):
-        file = services.file_create(
-            owner=owner, upload=upload(content or server_4_bytes())
-        )
+        file = services.file_create(owner=owner, upload=upload(server_4_bytes()))
         services.file_process(file_id=file.pk, task_id=file.task_id)
         file_ids.append(file.pk)
     return file_ids
@@ -298,8 +279,8 @@ def test_a_subscriber_redis_cuts_off_still_ends_with_the_final_state(
 ):
     """Redis disconnects a subscriber that falls behind its pub/sub output buffer
     limit, and what it held is lost. Here the limit is 64 KB and daphne is frozen
-    (SIGSTOP) while 20 files of 1,000 servers each are processed — megabytes of
-    events, more than the kernel's socket buffers take in; after SIGCONT its
+    (SIGSTOP) while 10 MB of live-only messages (more than the kernel's socket
+    buffers take in) and then the events of 20 files are sent; after SIGCONT its
     channel layer reconnects and resubscribes.
 
     The client then ends with every event exactly once: the client's ping makes
@@ -324,7 +305,10 @@ def test_a_subscriber_redis_cuts_off_still_ends_with_the_final_state(
         assert events.wait_for(pong, timeout=10)
         os.kill(web.popen.pid, signal.SIGSTOP)
         try:
-            frozen = process_in_process(user, 20, many_servers_bytes(1000))
+            filler = {"type": "file.progress", "file_id": None, "pad": "x" * 32768}
+            for _ in range(320):
+                publisher.send_live(user.pk, filler)
+            frozen = process_in_process(user, 20)
         finally:
             os.kill(web.popen.pid, signal.SIGCONT)
         wait_for(

@@ -1,5 +1,8 @@
 """The notification WebSocket, through Channels' WebsocketCommunicator."""
 
+import asyncio
+import time
+
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -11,7 +14,7 @@ from rest_framework.authtoken.models import Token
 from dwellfi.asgi import application
 from files import services
 from files.tests.factories import server_4_bytes, upload, user_create
-from notifications import publisher
+from notifications import consumers, publisher
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -159,3 +162,105 @@ async def test_ping_is_answered():
     await communicator.send_json_to({"type": "ping"})
     assert (await communicator.receive_json_from())["type"] == "pong"
     await communicator.disconnect()
+
+
+# --- a socket that survives its client ------------------------------------------------
+
+
+async def error_from(communicator: WebsocketCommunicator) -> dict:
+    message = await communicator.receive_json_from(timeout=2)
+    assert message["type"] == "error" and message["file_id"] is None, message
+    return message
+
+
+async def test_bad_frames_are_answered_with_an_error_and_the_socket_stays_open():
+    user = await make_user()
+    communicator = await connect(f"token={await token_for(user)}&after=0")
+    bad = [
+        ({"bytes": b"\x00\x01binary"}, "Binary frames are not accepted"),
+        ({"text": ""}, "Not JSON"),
+        ({"text": "not json at all"}, "Not JSON"),
+        ({"text": "[" * 3000 + "]" * 3000}, "Frame too large"),
+        ({"text": "[" * 2000 + "]" * 2000}, "nested too deeply"),
+        ({"text": '{"type": "ping", "pad": "' + "é" * 2100 + '"}'}, "too large"),
+        ({"text": '{"type": "subscribe"}'}, "Unknown message"),
+        ({"text": "[1, 2]"}, "Unknown message"),
+    ]
+    for frame, detail in bad:
+        await communicator.send_input({"type": "websocket.receive", **frame})
+        assert detail in (await error_from(communicator))["detail"], frame
+
+    await communicator.send_json_to({"type": "ping"})
+    assert (await communicator.receive_json_from())["type"] == "pong"
+    file_id = await upload_for(user)
+    assert (await communicator.receive_json_from(timeout=2))["file_id"] == file_id
+    await communicator.disconnect()
+
+
+async def test_a_ping_flood_is_answered_without_reading_the_database_each_time(
+    monkeypatch,
+):
+    from files import selectors
+
+    user = await make_user()
+    reads = []
+    event_list = selectors.event_list
+    monkeypatch.setattr(
+        selectors,
+        "event_list",
+        lambda **kwargs: reads.append(kwargs) or event_list(**kwargs),
+    )
+    communicator = await connect(f"token={await token_for(user)}&after=0")
+    for _ in range(50):
+        await communicator.send_json_to({"type": "ping"})
+    answers = [await communicator.receive_json_from(timeout=2) for _ in range(50)]
+
+    assert [a["type"] for a in answers].count("pong") == consumers.PING_BURST
+    refused = [a for a in answers if a["type"] == "error"]
+    assert len(refused) == 50 - consumers.PING_BURST
+    assert refused[0]["detail"].startswith("Too many pings")
+    assert 0 < refused[0]["retry_after"] <= consumers.PING_INTERVAL
+    # The replay at connect, then one per answered ping.
+    assert len(reads) == 1 + consumers.PING_BURST
+
+    await asyncio.sleep(consumers.PING_INTERVAL)  # a token comes back
+    await communicator.send_json_to({"type": "ping"})
+    assert (await communicator.receive_json_from(timeout=2))["type"] == "pong"
+    await communicator.disconnect()
+
+
+async def test_one_users_slow_replay_does_not_hold_up_another_users(monkeypatch):
+    """The consumers' queries run on threads of their own: while one user's replay
+    takes seconds, another user connects, catches up and gets a live event."""
+    from files import selectors
+
+    slow, other = await make_user(), await make_user()
+    slow_token, other_token = await token_for(slow), await token_for(other)
+    event_list = selectors.event_list
+
+    def slow_for_one_user(*, user, after=0):
+        if user.pk == slow.pk:
+            time.sleep(3)
+        return event_list(user=user, after=after)
+
+    monkeypatch.setattr(selectors, "event_list", slow_for_one_user)
+    await upload_for(slow)
+    stuck = await connect(f"token={slow_token}&after=0")  # replaying for 3 s
+
+    started = time.monotonic()
+    quick = await connect(f"token={other_token}&after=0")
+    file_id = await upload_for(other)
+    message = await quick.receive_json_from(timeout=2)
+    assert (message["type"], message["file_id"]) == ("file.queued", file_id)
+    await quick.send_json_to({"type": "ping"})
+    assert (await quick.receive_json_from(timeout=2))["type"] == "pong"
+    assert time.monotonic() - started < 1.5
+
+    assert (await stuck.receive_json_from(timeout=5))["type"] == "file.queued"
+    await quick.disconnect()
+    await stuck.disconnect()
+
+
+async def test_a_nul_byte_in_a_token_is_refused_like_any_bad_token():
+    assert await closed_with(await connect("token=abc%00def")) == 4401
+    assert await closed_with(await connect("token=" + "a" * 100)) == 4401

@@ -119,6 +119,76 @@ def test_daphne_refuses_anonymous_bad_token_and_foreign_origin(live_stack, user)
         assert json.loads(ws.recv(timeout=10))["type"] == "snapshot"
 
 
+# --- a socket that survives its client -----------------------------------------------
+
+
+def test_garbage_and_floods_leave_the_socket_open_and_other_users_unaffected(
+    live_stack, rules
+):
+    """Through daphne: a client sends every kind of bad frame and floods pings.
+
+    Each bad frame is answered with an error, pings over the rate too, and the
+    socket stays open and still gets its events. Meanwhile another user's socket
+    answers its pings at once and gets its own events; a frame over daphne's 1 MiB
+    limit closes only the socket that sent it; the log has no traceback.
+    """
+    hostile, bystander = user_create(), user_create()
+    hostile_token, bystander_token = token_for(hostile), token_for(bystander)
+    other = EventClient(f"{live_stack.ws_url}{PATH}?token={bystander_token}&after=0")
+    log_before = len(live_stack.web.output())
+    with connect(
+        f"{live_stack.ws_url}{PATH}?token={hostile_token}&after=0", open_timeout=10
+    ) as ws:
+        frames = [
+            b"\x00\xffbinary",
+            "",
+            "not json",
+            "[" * 2000 + "]" * 2000,
+            "x" * 5000,
+            '{"type": "subscribe", "group": "user_1"}',
+        ]
+        for frame in frames:
+            ws.send(frame)
+            reply = json.loads(ws.recv(timeout=10))
+            assert (reply["type"], reply["file_id"]) == ("error", None), frame
+            assert reply["detail"]
+
+        started = time.monotonic()
+        for _ in range(200):
+            ws.send('{"type": "ping"}')
+        replies = [json.loads(ws.recv(timeout=10)) for _ in range(200)]
+        assert [r["type"] for r in replies].count("pong") <= 6
+        assert all(r["type"] in ("pong", "error") for r in replies)
+
+        other.ping()
+        assert other.wait_for(pong, timeout=5)
+        assert time.monotonic() - started < 10
+        theirs = upload_http(live_stack.base_url, bystander_token, "theirs.json")
+        assert other.wait_for(
+            lambda ms: any(m.get("file_id") == theirs for m in durable(ms)), timeout=30
+        )
+
+        mine = upload_http(live_stack.base_url, hostile_token, "mine.json")
+        while True:
+            message = json.loads(ws.recv(timeout=30))
+            if message.get("file_id") == mine:
+                break
+
+        # autobahn (daphne's WebSocket layer) fails such a connection by dropping
+        # it, without a closing handshake (or with 1009, "message too big").
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.send("x" * (2 * 1024 * 1024))  # may be cut off halfway
+            while True:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is None or closed.value.rcvd.code == 1009
+
+    other.ping()
+    assert other.wait_for(lambda ms: sum(m["type"] == "pong" for m in ms) == 2, 10)
+    other.close()
+    assert not [m for m in other.received() if m["type"] == "error"]
+    assert "Traceback" not in live_stack.web.output()[log_before:]
+
+
 # --- who receives what -------------------------------------------------------------
 
 

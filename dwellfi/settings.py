@@ -219,6 +219,10 @@ DWELLFI_MAX_ATTEMPTS = env.int("DWELLFI_MAX_ATTEMPTS", default=3)
 DWELLFI_QUEUED_GRACE_SECONDS = env.int("DWELLFI_QUEUED_GRACE_SECONDS", default=5 * 60)
 DWELLFI_PROGRESS_INTERVAL = env.float("DWELLFI_PROGRESS_INTERVAL", default=0.25)
 
+# What one user may hold (README, "Limits"): sockets at once, across every web
+# process (a new one closes the oldest).
+DWELLFI_MAX_SOCKETS_PER_USER = env.int("DWELLFI_MAX_SOCKETS_PER_USER", default=10)
+
 # Storage: the local disk (DWELLFI_MEDIA_ROOT) or S3 through django-storages when
 # machines do not share a disk.
 MEDIA_ROOT = env.path("DWELLFI_MEDIA_ROOT", default=VAR_DIR / "media")

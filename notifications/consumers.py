@@ -18,9 +18,12 @@ from files.serializers import FileItemSerializer
 
 from .publisher import user_group
 from .seed import is_seed_event, seed_messages, speaks_seed
+from .sockets import socket_register, socket_unregister
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN_ORIGIN = 4403
+# The user opened more than DWELLFI_MAX_SOCKETS_PER_USER sockets: the oldest goes.
+CLOSE_REPLACED = 4429
 REPLAY_BATCH = 500
 # Clients only ever send `{"type": "ping"}`; a larger frame is answered with an
 # error and not parsed. (daphne itself closes the socket with 1009 for a message
@@ -76,6 +79,10 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
     (`notifications.seed`): the same events, cursor and replay, but only those the
     app can parse, translated, and no snapshot or pong.
 
+    A user holds at most DWELLFI_MAX_SOCKETS_PER_USER sockets, in every process
+    together (`notifications.sockets`): opening one more closes the oldest with
+    CLOSE_REPLACED.
+
     What a client sends never closes the socket: a frame that is not a JSON ping
     (binary, empty, not JSON, nested too deep, over MAX_FRAME_BYTES, another type)
     or a ping over the rate gets `{"type": "error", "detail": ...}`. A seed
@@ -100,6 +107,10 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
         # Join before reading the database: events committed meanwhile arrive live
         # and are dropped below if the replay already sent them.
         await self.channel_layer.group_add(self.group, self.channel_name)
+        for channel in await socket_register(
+            user_id=self.user.pk, channel_name=self.channel_name
+        ):
+            await self.channel_layer.send(channel, {"type": "socket.replaced"})
         self.last_sent = 0
         after = _cursor(params.get("after"))
         if after is None:
@@ -111,6 +122,15 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if getattr(self, "group", None):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await socket_unregister(
+                user_id=self.user.pk, channel_name=self.channel_name
+            )
+
+    async def socket_replaced(self, event: dict[str, Any]) -> None:
+        """The user opened more sockets than allowed, and this is the oldest."""
+        await self.close(
+            code=CLOSE_REPLACED, reason="Too many sockets: replaced by a newer one"
+        )
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs

@@ -164,8 +164,15 @@ def send_live(user_id: int, message: dict[str, Any]) -> None:
 
     The channel layer is at-most-once: the durable copy is what clients catch up from.
     """
+    send_to_user(
+        user_id, {"type": "event.message", "message": message}, what=message.get("type")
+    )
+
+
+def send_to_user(user_id: int, event: dict[str, Any], *, what: str = "") -> None:
+    """Send a channel-layer event to the user's connections from sync code; a failure
+    is logged, never raised."""
     group = user_group(user_id)
-    event = {"type": "event.message", "message": message}
     try:
         if _sender is not None and _sender.pid == os.getpid():
             _sender.send(group, event)
@@ -173,5 +180,8 @@ def send_live(user_id: int, message: dict[str, Any]) -> None:
             async_to_sync(get_channel_layer().group_send)(group, event)
     except Exception:
         logger.warning(
-            "could not send %s to user %s", message.get("type"), user_id, exc_info=True
+            "could not send %s to user %s",
+            what or event["type"],
+            user_id,
+            exc_info=True,
         )

@@ -264,3 +264,35 @@ async def test_one_users_slow_replay_does_not_hold_up_another_users(monkeypatch)
 async def test_a_nul_byte_in_a_token_is_refused_like_any_bad_token():
     assert await closed_with(await connect("token=abc%00def")) == 4401
     assert await closed_with(await connect("token=" + "a" * 100)) == 4401
+
+
+# --- sockets per user -----------------------------------------------------------------
+
+
+async def test_a_user_over_the_socket_limit_loses_the_oldest_socket(settings):
+    settings.DWELLFI_MAX_SOCKETS_PER_USER = 2
+    alice, bob = await make_user(), await make_user()
+    alice_token, bob_token = await token_for(alice), await token_for(bob)
+    bobs = [await connect(f"token={bob_token}&after=0") for _ in range(2)]
+    first = await connect(f"token={alice_token}&after=0")
+    second = await connect(f"token={alice_token}&after=0")
+    assert await first.receive_nothing(timeout=0.2)
+
+    third = await connect(f"token={alice_token}&after=0")
+    output = await first.receive_output(timeout=2)
+    assert (output["type"], output["code"]) == ("websocket.close", 4429)
+    assert "replaced" in output["reason"]
+
+    file_id = await upload_for(alice)
+    for kept in (second, third):
+        assert (await kept.receive_json_from(timeout=2))["file_id"] == file_id
+    theirs = await upload_for(bob)
+    for socket in bobs:  # another user's sockets are not counted with hers
+        assert (await socket.receive_json_from(timeout=2))["file_id"] == theirs
+
+    # A closed socket stops counting: one more opens without displacing any.
+    await second.disconnect()
+    fourth = await connect(f"token={alice_token}&after=0")
+    assert await third.receive_nothing(timeout=0.3)
+    for communicator in (first, third, fourth, *bobs):
+        await communicator.disconnect()

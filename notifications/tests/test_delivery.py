@@ -189,6 +189,45 @@ def test_garbage_and_floods_leave_the_socket_open_and_other_users_unaffected(
     assert "Traceback" not in live_stack.web.output()[log_before:]
 
 
+def test_the_socket_limit_holds_across_web_processes(live_stack, settings, tmp_path):
+    """Two daphne processes, at most three sockets a user: the fourth, opened on the
+    other process, closes the oldest (4429); another user's sockets stay."""
+    env = {**live_env(settings.MEDIA_ROOT), "DWELLFI_MAX_SOCKETS_PER_USER": "3"}
+    ports = [free_port(), free_port()]
+    webs = [start_web(env, tmp_path, port, f"web-{port}") for port in ports]
+    try:
+        alice, bob = user_create(), user_create()
+        tokens = {alice.pk: token_for(alice), bob.pk: token_for(bob)}
+
+        def open_on(n: int, user) -> EventClient:
+            url = f"ws://127.0.0.1:{ports[n % 2]}{PATH}?token={tokens[user.pk]}"
+            client = EventClient(f"{url}&after=0")
+            client.ping()  # registered once its pong is back
+            assert client.wait_for(pong, timeout=10)
+            return client
+
+        bobs = [open_on(n, bob) for n in range(3)]
+        alices = [open_on(n, alice) for n in range(3)]
+        assert not any(c.closed.is_set() for c in alices)
+        alices.append(open_on(3, alice))  # on the other process than the first
+        assert alices[0].closed.wait(10)
+        assert alices[0].error.rcvd.code == 4429
+        assert not any(c.closed.is_set() for c in alices[1:] + bobs)
+
+        mine = upload_http(live_stack.base_url, tokens[alice.pk], "mine.json")
+        theirs = upload_http(live_stack.base_url, tokens[bob.pk], "theirs.json")
+        for clients, file_id in ((alices[1:], mine), (bobs, theirs)):
+            for client in clients:
+                assert client.wait_for(
+                    lambda ms, f=file_id: any(m["file_id"] == f for m in durable(ms)),
+                    timeout=15,
+                )
+                client.close()
+    finally:
+        for web in webs:
+            web.stop()
+
+
 # --- who receives what -------------------------------------------------------------
 
 

@@ -5,20 +5,20 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from channels.security.websocket import AllowedHostsOriginValidator
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from rest_framework.authtoken.models import Token
 
 from files import selectors
 from files.serializers import FileItemSerializer
 
+from .origins import origin_allowed
 from .publisher import user_group
 from .seed import is_seed_event, seed_messages, speaks_seed
-from .sockets import socket_register, socket_unregister
+from .sockets import credential_digest, socket_register, socket_unregister
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN_ORIGIN = 4403
@@ -68,12 +68,12 @@ class _Bucket:
 class EventConsumer(AsyncJsonWebsocketConsumer):
     """Sends a user every event about their files, catching up from the database first.
 
-    Connect with the session cookie (browsers; the Origin must be an allowed host)
-    or with `?token=KEY` (clients). `?after=ID` replays every durable event after ID;
-    without it the first message is a `snapshot`. Live events that arrive out of
-    sequence make the consumer fill the gap from the database, so a message the
-    channel layer dropped is still delivered when the next one comes, or at the
-    client's next ping.
+    Connect with the session cookie (browsers; the Origin must pass
+    `notifications.origins`) or with `?token=KEY` (clients). `?after=ID` replays
+    every durable event after ID; without it the first message is a `snapshot`.
+    Live events that arrive out of sequence make the consumer fill the gap from
+    the database, so a message the channel layer dropped is still delivered when
+    the next one comes, or at the client's next ping.
 
     A query that names the seed's `user_id` makes it speak the seed app's protocol
     (`notifications.seed`): the same events, cursor and replay, but only those the
@@ -81,7 +81,9 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
 
     A user holds at most DWELLFI_MAX_SOCKETS_PER_USER sockets, in every process
     together (`notifications.sockets`): opening one more closes the oldest with
-    CLOSE_REPLACED.
+    CLOSE_REPLACED. Deleting the token or the user, deactivating the user or
+    signing the session out closes the sockets they opened with
+    CLOSE_UNAUTHENTICATED (`notifications.signals`).
 
     What a client sends never closes the socket: a frame that is not a JSON ping
     (binary, empty, not JSON, nested too deep, over MAX_FRAME_BYTES, another type)
@@ -131,6 +133,12 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
         await self.close(
             code=CLOSE_REPLACED, reason="Too many sockets: replaced by a newer one"
         )
+
+    async def sockets_close(self, event: dict[str, Any]) -> None:
+        """The user's credentials stopped being valid: this socket's, or all."""
+        named = {key: event[key] for key in ("token", "session") if key in event}
+        if not named or any(self.credential == (k, v) for k, v in named.items()):
+            await self.close(code=CLOSE_UNAUTHENTICATED, reason="Signed out")
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs
@@ -185,13 +193,20 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
     async def _authenticate(
         self, params: dict[str, list[str]]
     ) -> AbstractBaseUser | None | bool:
-        """The user; None when not authenticated; False for a foreign Origin."""
+        """The user; None when not authenticated; False for a foreign Origin.
+
+        Also notes the credential (`self.credential`) a close can name.
+        """
         if "token" in params:
-            return await _token_user(params["token"][0])
+            key = params["token"][0]
+            self.credential = ("token", credential_digest(key))
+            return await _token_user(key)
         user = self.scope.get("user") or AnonymousUser()
         if not user.is_authenticated:
             return None
-        return user if _origin_allowed(self.scope) else False
+        session_key = self.scope["session"].session_key or ""
+        self.credential = ("session", credential_digest(session_key))
+        return user if origin_allowed(self.scope) else False
 
     async def _send_snapshot(self) -> None:
         if self.seed:  # the seed app starts from now, without a snapshot
@@ -252,15 +267,6 @@ def _cursor(values: list[str] | None) -> int | None:
         return max(0, int(values[0]))
     except ValueError:
         return 0
-
-
-def _origin_allowed(scope: dict[str, Any]) -> bool:
-    """The same rule as Channels' AllowedHostsOriginValidator (ALLOWED_HOSTS)."""
-    origin = dict(scope.get("headers", [])).get(b"origin")
-    if origin is None:
-        return False
-    validator = AllowedHostsOriginValidator(None)
-    return validator.valid_origin(urlparse(origin.decode("latin-1").lower()))
 
 
 @in_db_thread

@@ -113,6 +113,13 @@ def test_daphne_refuses_anonymous_bad_token_and_foreign_origin(live_stack, user)
         == 4403
     )
     assert closed_with(url, additional_headers=cookie) == 4403  # no Origin at all
+    port = int(live_stack.base_url.rsplit(":", 1)[1])
+    for origin in [
+        live_stack.base_url.replace("http:", "https:"),  # another scheme
+        f"http://127.0.0.1:{port + 1}",  # another port
+        f"http://localhost:{port}",  # another host, though an allowed one
+    ]:
+        assert closed_with(url, origin=origin, additional_headers=cookie) == 4403
     with connect(
         url, origin=live_stack.base_url, additional_headers=cookie, open_timeout=10
     ) as ws:
@@ -226,6 +233,22 @@ def test_the_socket_limit_holds_across_web_processes(live_stack, settings, tmp_p
     finally:
         for web in webs:
             web.stop()
+
+
+def test_deleting_a_token_closes_its_sockets_in_daphne(live_stack, user):
+    """The token is deleted in this process (as the admin or a script would); the
+    sockets it opened, held by daphne, close with 4401, and it is refused after."""
+    token = token_for(user)
+    url = f"{live_stack.ws_url}{PATH}?token={token}&after=0"
+    clients = [EventClient(url) for _ in range(2)]
+    for client in clients:
+        client.ping()
+        assert client.wait_for(pong, timeout=10)
+    Token.objects.filter(key=token).delete()
+    for client in clients:
+        assert client.closed.wait(10)
+        assert client.error.rcvd.code == 4401
+    assert closed_with(url) == 4401
 
 
 # --- who receives what -------------------------------------------------------------

@@ -67,6 +67,13 @@ def reserve_event_ids(user_id: int, count: int = 1) -> range:
     return range(last - count + 1, last + 1)
 
 
+def events_lock(user_id: int) -> None:
+    """Hold the user's event cursor row until the transaction ends, as publishing
+    an event does: what makes a user's writers take turns (the quota checks rely on
+    it). Call inside the transaction."""
+    reserve_event_ids(user_id, 0)
+
+
 def publish_events(
     *,
     user_id: int,

@@ -8,7 +8,8 @@ them. A socket that vanished without a disconnect (its daphne killed) is older t
 any opened since, so it is the first taken out, and every entry expires after a day
 (daphne closes a socket older than that, its `--websocket_timeout`).
 
-Redis being unreachable does not refuse a socket: it is let in uncounted.
+Redis being unreachable does not refuse a socket: it is let in uncounted. A limit
+of 0 counts nothing.
 """
 
 import hashlib
@@ -62,6 +63,8 @@ def _client() -> Redis:
 
 async def socket_register(*, user_id: int, channel_name: str) -> list[str]:
     """Count a new socket of the user; the channels of those it displaces."""
+    if settings.DWELLFI_MAX_SOCKETS_PER_USER <= 0:  # no limit
+        return []
     try:
         async with _client() as redis:
             displaced = await redis.register_script(_REGISTER)(
@@ -81,6 +84,8 @@ async def socket_register(*, user_id: int, channel_name: str) -> list[str]:
 
 async def socket_unregister(*, user_id: int, channel_name: str) -> None:
     """Stop counting a socket that closed."""
+    if settings.DWELLFI_MAX_SOCKETS_PER_USER <= 0:
+        return
     try:
         async with _client() as redis:
             await redis.zrem(_key(user_id), channel_name)

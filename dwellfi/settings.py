@@ -226,6 +226,11 @@ DWELLFI_MAX_SOCKETS_PER_USER = env.int("DWELLFI_MAX_SOCKETS_PER_USER", default=1
 DWELLFI_QUOTA_BYTES = env.int("DWELLFI_QUOTA_BYTES", default=10 * 1024**3)
 DWELLFI_QUOTA_FILES = env.int("DWELLFI_QUOTA_FILES", default=10_000)
 DWELLFI_QUOTA_PROCESSING = env.int("DWELLFI_QUOTA_PROCESSING", default=20)
+DWELLFI_EVENT_RETENTION_DAYS = env.int("DWELLFI_EVENT_RETENTION_DAYS", default=30)
+CELERY_BEAT_SCHEDULE["notifications.prune_events"] = {
+    "task": "notifications.tasks.prune_events",
+    "schedule": timedelta(hours=1),
+}
 
 # Storage: the local disk (DWELLFI_MEDIA_ROOT) or S3 through django-storages when
 # machines do not share a disk.

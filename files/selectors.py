@@ -18,7 +18,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Cast
 
-from notifications.models import Event
+from notifications.models import Event, EventCursor
 
 from .models import METRICS, Anomaly, AnomalyRule, File, MetricRecord, RecordError
 
@@ -74,8 +74,15 @@ def event_list(*, user: AbstractBaseUser, after: int = 0) -> QuerySet[Event]:
 
 
 def last_event_id(*, user: AbstractBaseUser) -> int:
-    """The user's newest cursor value (0 before any event)."""
-    return Event.objects.filter(user=user).aggregate(last=Max("seq"))["last"] or 0
+    """The user's newest cursor value (0 before any event).
+
+    Read from the cursor, not the events: those may have been pruned or deleted
+    with their file, and a cursor handed out must never go back.
+    """
+    return (
+        EventCursor.objects.filter(user=user).values_list("last_seq", flat=True).first()
+        or 0
+    )
 
 
 def metric_series(

@@ -401,6 +401,16 @@ class ErrorSerializer(serializers.Serializer):
     )
 
 
+class EventsGoneSerializer(serializers.Serializer):
+    """410 from the events list: the events after the cursor were pruned."""
+
+    detail = serializers.CharField()
+    last_event_id = serializers.IntegerField(
+        help_text="The caller's newest event: continue after it, once the present "
+        "state is read."
+    )
+
+
 class MetricBucketSerializer(serializers.Serializer):
     """One downsampled bucket of a series."""
 

@@ -17,6 +17,7 @@ from files.serializers import FileItemSerializer
 
 from .origins import origin_allowed
 from .publisher import user_group
+from .retention import events_pruned_through
 from .seed import is_seed_event, seed_messages, speaks_seed
 from .sockets import credential_digest, socket_register, socket_unregister
 
@@ -208,7 +209,8 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
         self.credential = ("session", credential_digest(session_key))
         return user if origin_allowed(self.scope) else False
 
-    async def _send_snapshot(self) -> None:
+    async def _send_snapshot(self, *, reset: bool = False) -> None:
+        """The present state; `reset` when it stands in for events that were pruned."""
         if self.seed:  # the seed app starts from now, without a snapshot
             self.last_sent = await in_db_thread(selectors.last_event_id)(user=self.user)
             return
@@ -220,12 +222,18 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
                 "file_id": None,
                 "last_event_id": last_event_id,
                 "files": files,
+                "reset": reset,
             }
         )
 
     async def _replay(self) -> None:
         while True:
-            messages = await _events_after(self.user, self.last_sent)
+            pruned, messages = await _events_after(self.user, self.last_sent)
+            if self.last_sent < pruned:
+                # Events after the cursor were pruned (retention): the present
+                # state, flagged, rather than a silent gap.
+                await self._send_snapshot(reset=True)
+                return
             if messages:
                 self.last_sent = messages[-1]["id"]
                 await self._send_events(messages)
@@ -288,6 +296,11 @@ def _snapshot(user: AbstractBaseUser) -> tuple[int, list[dict[str, Any]]]:
 
 
 @in_db_thread
-def _events_after(user: AbstractBaseUser, after: int) -> list[dict[str, Any]]:
+def _events_after(
+    user: AbstractBaseUser, after: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """The user's last event pruned, and the next batch of events after `after`."""
     events = selectors.event_list(user=user, after=after)[:REPLAY_BATCH]
-    return [event.message for event in events]
+    messages = [event.message for event in events]
+    # Read after the events: a prune in between shows here, not as a silent gap.
+    return events_pruned_through(user_id=user.pk), messages

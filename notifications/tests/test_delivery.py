@@ -18,12 +18,14 @@ import os
 import signal
 import threading
 import time
+from datetime import timedelta
 
 import httpx
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -42,6 +44,7 @@ from files.models import File
 from files.tests.factories import server_4_bytes, upload, user_create
 from notifications import publisher
 from notifications.models import Event
+from notifications.retention import events_prune
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 PATH = "/notification/events"
@@ -373,6 +376,44 @@ def process_in_process(owner, count: int) -> list[int]:
 @pytest.fixture
 def no_broker(monkeypatch) -> None:
     monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+
+
+def test_a_client_behind_the_retention_gets_a_reset_instead_of_a_gap(
+    live_stack, user, rules, no_broker, settings
+):
+    """Events older than the retention are pruned while a client is away; when it
+    reconnects with its old cursor it gets a `snapshot` with `reset: true` (the
+    files as they are now), then live events, and the REST list answers 410."""
+    settings.DWELLFI_EVENT_RETENTION_DAYS = 7
+    token = token_for(user)
+    seen = process_in_process(user, 1)
+    cursor = max(m["id"] for m in stored_messages(user))
+    missed = process_in_process(user, 2)
+    Event.objects.filter(user=user).update(
+        created_at=timezone.now() - timedelta(days=8)
+    )
+    assert events_prune() == 15
+
+    client = EventClient(f"{live_stack.ws_url}{PATH}?token={token}&after={cursor}")
+    assert client.wait_for(lambda ms: len(ms) >= 1, timeout=10)
+    snapshot = client.received()[0]
+    assert (snapshot["type"], snapshot["reset"]) == ("snapshot", True)
+    assert snapshot["last_event_id"] == 15
+    assert {f["id"]: f["status"] for f in snapshot["files"]} == {
+        pk: "processed" for pk in seen + missed
+    }
+    process_in_process(user, 1)
+    assert client.wait_for(at_least(5), timeout=15)
+    client.close()
+    assert [m["id"] for m in durable(client.received())] == list(range(16, 21))
+
+    response = httpx.get(
+        f"{live_stack.base_url}/api/events/?after={cursor}",
+        headers={"Authorization": f"Token {token}"},
+        timeout=10,
+    )
+    assert response.status_code == 410
+    assert response.json()["last_event_id"] == 20
 
 
 def test_a_client_that_stops_reading_gets_every_event_when_it_resumes(

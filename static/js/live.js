@@ -8,7 +8,9 @@
  * passing `?after=<highest id>`, so nothing is lost across reconnects. When the
  * socket keeps failing (a proxy that drops WebSockets, say), the client also polls
  * `GET /api/events/?after=<highest id>` until a socket stays open again: the same
- * durable events, through the same de-duplication. A socket closed because the
+ * durable events, through the same de-duplication. When the events after the
+ * cursor are no longer kept (a `snapshot` with `reset`, or a 410 from the events
+ * list), the page reloads: what it shows may be stale. A socket closed because the
  * user opened too many (4429) is not reopened at once, which would close another
  * tab's: the page polls until it is looked at again.
  *
@@ -109,6 +111,11 @@
     if (!message || typeof message !== 'object' || message.type === 'pong') return;
 
     if (message.type === 'snapshot') {
+      if (message.reset) {
+        // Events this page missed are no longer kept: what it shows may be stale.
+        D.reloadKeepingToasts();
+        return;
+      }
       var snapshotId = Number(message.last_event_id) || 0;
       if (snapshotId > lastId) lastId = snapshotId;
     } else if (message.id !== undefined && message.id !== null) {
@@ -153,6 +160,10 @@
       if (!polling) return;
       if (result.status === 401 || result.status === 403) {
         stopLive(CLOSE_UNAUTHENTICATED);
+        return;
+      }
+      if (result.status === 410) { // the events it missed were pruned: start afresh
+        D.reloadKeepingToasts();
         return;
       }
       if (!result.ok || !result.data) {

@@ -131,15 +131,14 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
 
     async def socket_replaced(self, event: dict[str, Any]) -> None:
         """The user opened more sockets than allowed, and this is the oldest."""
-        await self.close(
-            code=CLOSE_REPLACED, reason="Too many sockets: replaced by a newer one"
-        )
+        # (No reason text: daphne sends the code alone.)
+        await self.close(code=CLOSE_REPLACED)
 
     async def sockets_close(self, event: dict[str, Any]) -> None:
         """The user's credentials stopped being valid: this socket's, or all."""
         named = {key: event[key] for key in ("token", "session") if key in event}
         if not named or any(self.credential == (k, v) for k, v in named.items()):
-            await self.close(code=CLOSE_UNAUTHENTICATED, reason="Signed out")
+            await self.close(code=CLOSE_UNAUTHENTICATED)
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs

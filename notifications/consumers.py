@@ -27,8 +27,8 @@ CLOSE_FORBIDDEN_ORIGIN = 4403
 CLOSE_REPLACED = 4429
 REPLAY_BATCH = 500
 # Clients only ever send `{"type": "ping"}`; a larger frame is answered with an
-# error and not parsed. (daphne itself closes the socket with 1009 for a message
-# over 1 MiB, its --websocket-max-message-size, before it reaches the consumer.)
+# error and not parsed. (daphne itself drops a connection that sends a message
+# over 1 MiB, its --websocket-max-message-size, before the consumer sees it.)
 MAX_FRAME_BYTES = 4096
 # Each ping reads the database (it catches up on events the layer dropped): a
 # socket may send PING_BURST at once, then one every PING_INTERVAL seconds; the

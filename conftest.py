@@ -53,6 +53,32 @@ def _close_connections_after_use() -> Iterator[None]:
     db["CONN_MAX_AGE"] = saved
 
 
+@pytest.fixture(autouse=True)
+def _close_consumer_connections() -> Iterator[None]:
+    """The consumers' database threads give back their connections after each test.
+
+    Channels' test communicators turn off the closing of connections that
+    `database_sync_to_async` does after each call (so a test's own connection
+    survives); the consumers' threads of their own would keep theirs open. One
+    task per thread, held at a barrier so that each thread runs one, closes them.
+    """
+    yield
+    import threading
+
+    from django.db import connections
+
+    from notifications.consumers import DB_THREADS, db_executor
+
+    barrier = threading.Barrier(DB_THREADS)
+
+    def close() -> None:
+        connections.close_all()
+        barrier.wait(timeout=10)
+
+    for future in [db_executor.submit(close) for _ in range(DB_THREADS)]:
+        future.result(timeout=15)
+
+
 @pytest.fixture
 def rules(db) -> list[AnomalyRule]:
     """The seed's anomaly rules (transactional tests flush the migration's rows)."""

@@ -290,6 +290,10 @@ def main() -> int:
         "DJANGO_LOG_LEVEL": "WARNING",
         "DWELLFI_MEDIA_ROOT": str(tmp / "media"),
         "DWELLFI_UPLOAD_RATE": "100000/min",
+        # Throughput, not the per-user limits, is what is measured here.
+        "DWELLFI_QUOTA_FILES": "0",
+        "DWELLFI_QUOTA_PROCESSING": "0",
+        "DWELLFI_MAX_SOCKETS_PER_USER": "0",
         "PYTHONUNBUFFERED": "1",
     }
     try:

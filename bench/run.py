@@ -107,6 +107,10 @@ def bench_env(tmp: Path) -> dict[str, str]:
         "DJANGO_SECURE_SSL_REDIRECT": "0",
         "DWELLFI_MEDIA_ROOT": str(tmp / "media"),
         "DWELLFI_UPLOAD_RATE": "1000000/min",
+        # Throughput, not the per-user limits, is what is measured here.
+        "DWELLFI_QUOTA_FILES": "0",
+        "DWELLFI_QUOTA_PROCESSING": "0",
+        "DWELLFI_MAX_SOCKETS_PER_USER": "0",
         "PYTHONUNBUFFERED": "1",
     }
 

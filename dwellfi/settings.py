@@ -231,6 +231,19 @@ DWELLFI_PROGRESS_INTERVAL = env.float("DWELLFI_PROGRESS_INTERVAL", default=0.25)
 # them itself.
 DWELLFI_X_ACCEL_PREFIX = env.str("DWELLFI_X_ACCEL_PREFIX", default="")
 
+# What one user may hold (README, "Limits"; 0: no limit): sockets at once, across
+# every web process (a new one closes the oldest); stored bytes and files; files
+# queued or processing at once. Durable events are kept this many days.
+DWELLFI_MAX_SOCKETS_PER_USER = env.int("DWELLFI_MAX_SOCKETS_PER_USER", default=10)
+DWELLFI_QUOTA_BYTES = env.int("DWELLFI_QUOTA_BYTES", default=10 * 1024**3)
+DWELLFI_QUOTA_FILES = env.int("DWELLFI_QUOTA_FILES", default=10_000)
+DWELLFI_QUOTA_PROCESSING = env.int("DWELLFI_QUOTA_PROCESSING", default=20)
+DWELLFI_EVENT_RETENTION_DAYS = env.int("DWELLFI_EVENT_RETENTION_DAYS", default=30)
+CELERY_BEAT_SCHEDULE["notifications.prune_events"] = {
+    "task": "notifications.tasks.prune_events",
+    "schedule": timedelta(hours=1),
+}
+
 # Storage: the local disk (DWELLFI_MEDIA_ROOT) or S3 through django-storages when
 # machines do not share a disk.
 MEDIA_ROOT = env.path("DWELLFI_MEDIA_ROOT", default=VAR_DIR / "media")

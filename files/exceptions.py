@@ -16,3 +16,15 @@ class Busy(Exception):
     A superseded run stops at its next batch, so this is a duplicate delivery that
     is still running, or a killed worker whose session the database has not ended.
     """
+
+
+class QuotaExceeded(Exception):
+    """The request would take the owner past a per-user limit; nothing was stored.
+
+    `limit` names which: "bytes" (stored bytes), "files" or "processing" (files
+    queued or processing at once).
+    """
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit

@@ -18,11 +18,14 @@ from django.db.models import (
 )
 from django.db.models.functions import Cast
 
-from notifications.models import Event
+from notifications.models import Event, EventCursor
 
 from .models import METRICS, Anomaly, AnomalyRule, File, MetricRecord, RecordError
 
 SNAPSHOT_RECENT = 20
+# In-flight files are bounded by the processing quota; this caps the snapshot
+# should the quota be lifted (the rest still arrive as events).
+SNAPSHOT_IN_FLIGHT = 200
 
 
 def file_list(*, user: AbstractBaseUser) -> QuerySet[File]:
@@ -36,13 +39,14 @@ def file_get(*, user: AbstractBaseUser, file_id: int) -> File | None:
 
 
 def file_snapshot(*, user: AbstractBaseUser) -> list[File]:
-    """The user's recent files and every file still in flight, newest first."""
+    """The user's recent files and the files still in flight (up to
+    SNAPSHOT_IN_FLIGHT of them), newest first."""
     recent = list(file_list(user=user)[:SNAPSHOT_RECENT])
     seen = {f.pk for f in recent}
     in_flight = (
         file_list(user=user)
         .filter(status__in=[File.Status.QUEUED, File.Status.PROCESSING])
-        .exclude(pk__in=seen)
+        .exclude(pk__in=seen)[:SNAPSHOT_IN_FLIGHT]
     )
     return sorted(
         [*recent, *in_flight], key=lambda f: (f.created_at, f.pk), reverse=True
@@ -70,8 +74,15 @@ def event_list(*, user: AbstractBaseUser, after: int = 0) -> QuerySet[Event]:
 
 
 def last_event_id(*, user: AbstractBaseUser) -> int:
-    """The user's newest cursor value (0 before any event)."""
-    return Event.objects.filter(user=user).aggregate(last=Max("seq"))["last"] or 0
+    """The user's newest cursor value (0 before any event).
+
+    Read from the cursor, not the events: those may have been pruned or deleted
+    with their file, and a cursor handed out must never go back.
+    """
+    return (
+        EventCursor.objects.filter(user=user).values_list("last_seq", flat=True).first()
+        or 0
+    )
 
 
 def metric_series(

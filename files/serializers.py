@@ -36,18 +36,75 @@ class FileErrorField(serializers.JSONField):
     """The stored error object, documented with its parts."""
 
 
+# How much of the servers list one file's summary carries: listed in file order
+# until their JSON reaches this size. The engine keeps up to 1,000 servers of up to
+# three 255-character strings each, which can come to megabytes; this is 500 to
+# 700 servers of ordinary names, 21 of the longest. `server_count` always says how
+# many there are.
+SUMMARY_SERVERS_BYTES = 64 * 1024
+
+
+def summary_capped(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary with its servers list cut to SUMMARY_SERVERS_BYTES of JSON."""
+    servers = summary.get("servers")
+    if not servers:
+        return summary
+    listed, used = [], 0
+    for server in servers:
+        used += len(json.dumps(server, ensure_ascii=False).encode()) + 1
+        if used > SUMMARY_SERVERS_BYTES:
+            break
+        listed.append(server)
+    if len(listed) == len(servers):
+        return summary
+    return {**summary, "servers": listed}
+
+
+def summary_bounded(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary without its servers list: what every list item and event carries."""
+    if "servers" not in summary:
+        return summary
+    return {key: value for key, value in summary.items() if key != "servers"}
+
+
+SUMMARY_DESCRIPTION = (
+    "What processing found: for `server_metrics` the servers, counts, time span, "
+    "min/max/mean per metric and anomalies per metric; for `json` the top-level "
+    "type, item or key count, depth and size; `{}` until processed."
+)
+
+
 @extend_schema_field(
     {
         "type": "object",
         "additionalProperties": True,
-        "description": "What processing found: for `server_metrics` the servers, "
-        "counts, time span, min/max/mean per metric and anomalies per metric; for "
-        "`json` the top-level type, item or key count, depth and size; `{}` until "
-        "processed.",
+        "description": SUMMARY_DESCRIPTION
+        + " `servers` lists the servers in file order until their JSON reaches "
+        f"{SUMMARY_SERVERS_BYTES // 1024} KiB (and at most 1,000); `server_count` "
+        "is how many there are.",
     }
 )
 class SummaryField(serializers.JSONField):
-    """The processing summary, a JSON object whose keys depend on the file's kind."""
+    """The processing summary of one file, its servers list capped."""
+
+    def to_representation(self, value: Any) -> Any:
+        return summary_capped(super().to_representation(value) or {})
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": True,
+        "description": SUMMARY_DESCRIPTION
+        + " Without the `servers` list (`server_count` says how many there are): "
+        "the one file's resource (`GET /api/files/{id}/`) has it.",
+    }
+)
+class BoundedSummaryField(serializers.JSONField):
+    """The processing summary without its servers list, for lists and events."""
+
+    def to_representation(self, value: Any) -> Any:
+        return summary_bounded(super().to_representation(value) or {})
 
 
 @extend_schema_field(OpenApiTypes.BINARY)
@@ -56,7 +113,8 @@ class UploadField(serializers.FileField):
 
 
 class FileSerializer(serializers.ModelSerializer):
-    """The file resource of the canonical API, also carried by every event."""
+    """One file's resource (`GET /api/files/{id}/`, upload and action answers):
+    the summary with its servers list capped."""
 
     error = FileErrorField(read_only=True, allow_null=True)
     summary = SummaryField(read_only=True)
@@ -88,16 +146,26 @@ class FileSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class FileItemSerializer(FileSerializer):
+    """The bounded file resource of lists, events and the snapshot: every field of
+    the file resource, the summary without its servers list."""
+
+    summary = BoundedSummaryField(read_only=True)
+
+    class Meta(FileSerializer.Meta):
+        pass
+
+
 @functools.cache
-def _file_serializer() -> FileSerializer:
+def _file_item_serializer() -> FileItemSerializer:
     # Building a ModelSerializer's fields inspects the model each time: every
     # event carries a file resource, so build them once.
-    return FileSerializer()
+    return FileItemSerializer()
 
 
 def file_resource(file: File) -> dict[str, Any]:
-    """The file resource as plain JSON-ready data."""
-    return dict(_file_serializer().to_representation(file))
+    """The bounded file resource (lists, events) as plain JSON-ready data."""
+    return dict(_file_item_serializer().to_representation(file))
 
 
 class FileUploadSerializer(serializers.Serializer):
@@ -123,7 +191,10 @@ def seed_record(record: dict[str, Any]) -> dict[str, Any]:
         "description": "For `json` files the structural summary. Otherwise the "
         "summary, with the per-metric min/max/mean/count under `statistics` and, "
         "for a single file (not in the list or in socket messages), `metrics`: at "
-        "most 500 of its records, evenly chosen, anomalous ones first, in order.",
+        "most 500 of its records, evenly chosen, anomalous ones first, in order. "
+        "A single file's `servers` lists the servers until their JSON reaches "
+        f"{SUMMARY_SERVERS_BYTES // 1024} KiB; the list and socket messages leave "
+        "`servers` out (`server_count` says how many there are).",
         "properties": {
             "statistics": {"type": "object", "additionalProperties": True},
             "metrics": {
@@ -144,20 +215,22 @@ class SeedMetaDataField(serializers.Field):
     """The seed's `meta_data`: the summary, and the records in context["records"].
 
     Never the whole document: the records are a bounded selection, passed in by
-    the caller only where one file is asked for.
+    the caller only where one file is asked for, and with them the servers list
+    (capped); without them (the list, socket messages) there is no servers list.
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(source="*", read_only=True, **kwargs)
 
     def to_representation(self, file: File) -> dict[str, Any]:
-        summary = file.summary or {}
+        records = self.context.get("records")
+        one_file = records is not None
+        summary = (summary_capped if one_file else summary_bounded)(file.summary or {})
         if file.kind == File.Kind.JSON:
             return summary
         meta = {key: value for key, value in summary.items() if key != "metrics"}
         meta["statistics"] = summary.get("metrics", {})
-        records = self.context.get("records")
-        if records is not None:
+        if one_file:
             meta["metrics"] = [seed_record(record) for record in records]
         return meta
 
@@ -316,7 +389,9 @@ class EventSerializer(serializers.Serializer):
     is_major = serializers.BooleanField(help_text="True for outcomes.")
     status = serializers.ChoiceField(choices=File.Status.choices)
     progress = serializers.FloatField(min_value=0, max_value=1)
-    file = FileSerializer(help_text="The file resource when the event was recorded.")
+    file = FileItemSerializer(
+        help_text="The bounded file resource when the event was recorded."
+    )
     status_message = serializers.CharField()
     file_anomaly = FileAnomalySerializer(
         required=False, help_text="`file.failed` and `file.anomalies` only."
@@ -339,6 +414,16 @@ class ErrorSerializer(serializers.Serializer):
         required=False,
         child=serializers.ListField(child=serializers.CharField()),
         help_text="Field name (`non_field_errors` for none) to its messages; 400 only.",
+    )
+
+
+class EventsGoneSerializer(serializers.Serializer):
+    """410 from the events list: the events after the cursor were pruned."""
+
+    detail = serializers.CharField()
+    last_event_id = serializers.IntegerField(
+        help_text="The caller's newest event: continue after it, once the present "
+        "state is read."
     )
 
 

@@ -39,6 +39,7 @@ from rest_framework.exceptions import ValidationError
 from notifications.publisher import (
     build_message,
     events_forget_file,
+    events_lock,
     publish_event,
     publish_events,
     reserve_event_ids,
@@ -46,8 +47,9 @@ from notifications.publisher import (
 )
 
 from . import engine
-from .exceptions import Busy, FileGone, Superseded
+from .exceptions import Busy, FileGone, QuotaExceeded, Superseded
 from .models import UPLOADS_DIR, Anomaly, File, PendingDeletion
+from .quotas import IN_FLIGHT, quota_check
 from .selectors import rules_active
 from .serializers import file_resource
 from .sink import ANOMALY_TEXT_LIMIT, ResultSink, results_clear
@@ -57,6 +59,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Busy",
     "FileGone",
+    "QuotaExceeded",
     "Superseded",
     "enqueue",
     "file_create",
@@ -155,8 +158,13 @@ def file_create(
     name: str | None = None,
     declared_type: str = "",
 ) -> File:
-    """Store an upload and queue it for processing once the row is committed."""
+    """Store an upload and queue it for processing once the row is committed.
+
+    Raises QuotaExceeded when the owner has no room for it (nothing is kept).
+    """
     _check_looks_like_json(upload)
+    adding = {"files": 1, "size": upload.size, "processing": 1}
+    quota_check(owner_id=owner.pk, **adding)  # before storing anything
     file = File(
         owner=owner,
         updated_by=owner,
@@ -168,6 +176,7 @@ def file_create(
     try:
         with transaction.atomic():
             (event_id,) = reserve_event_ids(owner.pk, 1)
+            quota_check(owner_id=owner.pk, **adding)  # again, the owner's turn held
             file.last_event_id = event_id
             file.save(force_insert=True)
             _record_events(file, [event_id], ("file.queued", {}))
@@ -196,7 +205,8 @@ def file_update(
 ) -> File:
     """Change a file's details; new content replaces the old and is processed.
 
-    Raises FileGone when the file was deleted meanwhile (the new bytes are not kept).
+    Raises FileGone when the file was deleted meanwhile, QuotaExceeded when the
+    new content does not fit the owner's limits (the new bytes are not kept).
     """
     details: dict[str, Any] = {"updated_by": by}
     if name is not None:
@@ -209,10 +219,13 @@ def file_update(
             _save(current, details)
         return current
     _check_looks_like_json(upload)
+    _quota_for_new_run(file, size=upload.size)  # before storing anything
     stored = _store(upload)
     try:
         with transaction.atomic():
             current = _locked(file)
+            events_lock(current.owner_id)
+            _quota_for_new_run(current, size=stored["size"])
             pending = PendingDeletion.objects.create(content=current.content.name)
             _requeue(current, kind=None, **stored, **details)
             transaction.on_commit(lambda: _purge(pending.pk))
@@ -227,13 +240,27 @@ def file_reprocess(*, file: File, by: AbstractBaseUser | None = None) -> File:
     """Process the stored file again; a file still waiting in the queue already will.
 
     Its results are replaced when the new run ends. Raises FileGone when the file
-    was deleted meanwhile.
+    was deleted meanwhile, QuotaExceeded when the owner has as many files queued
+    or processing as allowed.
     """
     with transaction.atomic():
         current = _locked(file)
         if current.status != File.Status.QUEUED:
+            events_lock(current.owner_id)
+            _quota_for_new_run(current)
             _requeue(current, **({"updated_by": by} if by is not None else {}))
     return current
+
+
+def _quota_for_new_run(file: File, *, size: int | None = None) -> None:
+    """Check the owner's limits for queueing the file again, with new content of
+    `size` bytes when given (its old bytes then go)."""
+    quota_check(
+        owner_id=file.owner_id,
+        size=size or 0,
+        processing=0 if file.status in IN_FLIGHT else 1,
+        replacing=file if size is not None else None,
+    )
 
 
 def file_delete(*, file: File) -> None:
@@ -629,7 +656,11 @@ def _run_engine(file: File) -> tuple[engine.Outcome, list[engine.Anomaly]]:
 
 
 def _progress_reporter(file: File, sink: ResultSink) -> Callable[[float], None]:
-    """Live `file.progress` events, a few a second at most, until superseded."""
+    """Live `file.progress` events, a few a second at most, until superseded.
+
+    Each is tiny: status, progress, the status message, attempts and the file's
+    last durable event id (so a client can tell a stale one), no file resource.
+    """
     interval = settings.DWELLFI_PROGRESS_INTERVAL
     last_sent = time.monotonic()
 
@@ -640,7 +671,14 @@ def _progress_reporter(file: File, sink: ResultSink) -> Callable[[float], None]:
             return
         last_sent = now
         file.progress = round(min(max(fraction, 0.0), 0.99), 4)
-        fields = _event_fields(file, "file.progress", file_resource(file))
+        # Tiny, a few a second: what a progress bar needs, never the resource.
+        fields = {
+            "status": file.status,
+            "progress": file.progress,
+            "status_message": _outcome_message(file),
+            "attempts": file.attempts,
+            "last_event_id": file.last_event_id,
+        }
         send_live(
             file.owner_id,
             build_message("file.progress", file_id=file.pk, fields=fields),

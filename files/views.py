@@ -8,7 +8,7 @@ from django.shortcuts import render
 
 from . import selectors
 from .models import METRICS, File
-from .serializers import FileSerializer
+from .serializers import FileItemSerializer, summary_capped
 
 PAGE_SIZE = 50
 
@@ -29,7 +29,7 @@ def home(request: HttpRequest) -> HttpResponse:
         "files/home.html",
         {
             "files": files,
-            "files_json": FileSerializer(files.object_list, many=True).data,
+            "files_json": FileItemSerializer(files.object_list, many=True).data,
             "filters": filters,
             "filtered": any(filters.values()),
             "statuses": File.Status.values,
@@ -58,7 +58,11 @@ def file_page(request: HttpRequest, pk: int) -> HttpResponse:
         "files/detail.html",
         {
             "file": file,
-            "file_json": FileSerializer(file).data,
+            # The page renders the summary itself; its script reads the status only.
+            "file_json": FileItemSerializer(file).data,
+            # The chips and the chart's server choice: as many as one file's
+            # resource lists, not all 1,000 names of up to 255 characters.
+            "servers": summary_capped(file.summary or {}).get("servers", []),
             "anomalies": anomalies,
             "anomaly_columns": _sort_columns(sort),
             "errors": errors,

@@ -5,3 +5,6 @@ from django.apps import AppConfig
 
 class NotificationsConfig(AppConfig):
     name = "notifications"
+
+    def ready(self) -> None:
+        from . import signals  # noqa: F401  (connects the handlers)

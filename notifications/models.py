@@ -21,6 +21,8 @@ class Event(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["user", "seq"], name="event_user_seq"),
         ]
+        # The retention job finds old events by age.
+        indexes = [models.Index(fields=["created_at"], name="event_created")]
 
     def __str__(self) -> str:
         return f"{self.type} #{self.seq} for user {self.user_id}"
@@ -37,6 +39,13 @@ class EventCursor(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True
     )
     last_seq = models.PositiveBigIntegerField(default=0)
+    # A default in the database too: `reserve_event_ids` inserts rows in SQL.
+    pruned_seq = models.PositiveBigIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Every event up to this one was deleted by the retention job: a "
+        "client whose cursor is older has missed some.",
+    )
 
     def __str__(self) -> str:
         return f"user {self.user_id} at {self.last_seq}"

@@ -67,6 +67,13 @@ def reserve_event_ids(user_id: int, count: int = 1) -> range:
     return range(last - count + 1, last + 1)
 
 
+def events_lock(user_id: int) -> None:
+    """Hold the user's event cursor row until the transaction ends, as publishing
+    an event does: what makes a user's writers take turns (the quota checks rely on
+    it). Call inside the transaction."""
+    reserve_event_ids(user_id, 0)
+
+
 def publish_events(
     *,
     user_id: int,
@@ -164,8 +171,15 @@ def send_live(user_id: int, message: dict[str, Any]) -> None:
 
     The channel layer is at-most-once: the durable copy is what clients catch up from.
     """
+    send_to_user(
+        user_id, {"type": "event.message", "message": message}, what=message.get("type")
+    )
+
+
+def send_to_user(user_id: int, event: dict[str, Any], *, what: str = "") -> None:
+    """Send a channel-layer event to the user's connections from sync code; a failure
+    is logged, never raised."""
     group = user_group(user_id)
-    event = {"type": "event.message", "message": message}
     try:
         if _sender is not None and _sender.pid == os.getpid():
             _sender.send(group, event)
@@ -173,5 +187,8 @@ def send_live(user_id: int, message: dict[str, Any]) -> None:
             async_to_sync(get_channel_layer().group_send)(group, event)
     except Exception:
         logger.warning(
-            "could not send %s to user %s", message.get("type"), user_id, exc_info=True
+            "could not send %s to user %s",
+            what or event["type"],
+            user_id,
+            exc_info=True,
         )

@@ -33,7 +33,7 @@ from rest_framework.exceptions import APIException, ParseError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from ..exceptions import FileGone
+from ..exceptions import FileGone, QuotaExceeded
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,17 @@ def _sqlite_locked(exc: Exception) -> bool:
     )
 
 
+# A per-user limit passed: too many stored bytes is too large, too many files (or
+# too many processing at once) too many requests.
+QUOTA_STATUS = {"bytes": 413, "files": 429, "processing": 429}
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, with field errors summed up in `detail` and kept in `errors`."""
     if isinstance(exc, FileGone):
         exc = Http404()  # deleted while the request ran: as if it never was
+    if isinstance(exc, QuotaExceeded):
+        return Response({"detail": str(exc)}, status=QUOTA_STATUS[exc.limit])
     if _sqlite_locked(exc):
         response = drf_exception_handler(DatabaseBusy(), context)
         response["Retry-After"] = "10"

@@ -16,9 +16,12 @@ ERROR_DESCRIPTIONS = {
     "404": "No such file for the caller (another user's file does not exist for "
     "them), or no such page.",
     "413": "The upload is larger than `DWELLFI_MAX_UPLOAD_BYTES`, or its other "
-    "fields than 2.5 MB; nothing is stored.",
+    "fields than 2.5 MB, or it would take the caller's stored bytes past "
+    "`DWELLFI_QUOTA_BYTES`; nothing is stored.",
     "415": "The request body is not `multipart/form-data`.",
-    "429": "Too many uploads: try again after `Retry-After` seconds.",
+    "429": "Too many uploads: try again after `Retry-After` seconds. Or the caller "
+    "has as many files as allowed (`DWELLFI_QUOTA_FILES`), or as many queued or "
+    "processing at once (`DWELLFI_QUOTA_PROCESSING`); nothing is stored.",
 }
 PAGINATION_PARAMETERS = {"page", "page_size"}
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}

@@ -2,9 +2,9 @@
 
 They answer what the seed's FastAPI answered: 200 (not 201) on upload, the seed's
 fields and types. One file (detail, upload and update answers) carries up to 500
-of its records in `meta_data.metrics` for the seed app's charts; the plain list
-leaves them out, so each item stays small however many files there are (the
-app's home list never reads `meta_data`).
+of its records in `meta_data.metrics` for the seed app's charts, and its servers
+list (capped); the plain list leaves both out, so each item stays small however
+many files there are (the app's home list never reads `meta_data`).
 """
 
 from django.http import Http404

@@ -16,12 +16,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from notifications.models import Event
+from notifications.retention import events_pruned_through
 
 from .. import selectors, services
 from ..models import File
 from ..serializers import (
     AnomalySerializer,
     EventSerializer,
+    EventsGoneSerializer,
+    FileItemSerializer,
     FileSerializer,
     FileUploadSerializer,
     MetricSeriesQuerySerializer,
@@ -103,6 +106,10 @@ class FileViewSet(
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return File.objects.none()
         return selectors.file_list(user=self.request.user)
+
+    def get_serializer_class(self):
+        # Up to 500 a page: each item bounded, the servers list only for one file.
+        return FileItemSerializer if self.action == "list" else FileSerializer
 
     def get_throttles(self):
         if self.action in ("create", "update", "reprocess"):
@@ -222,18 +229,39 @@ class EventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
                 int,
                 description="Cursor: only events with a larger `id` (default 0).",
             )
-        ]
+        ],
+        responses={
+            200: EventSerializer(many=True),
+            410: OpenApiResponse(
+                EventsGoneSerializer,
+                description="Events after `after` were pruned (kept "
+                "`DWELLFI_EVENT_RETENTION_DAYS`): read the present state "
+                "(`GET /api/files/`), then continue after `last_event_id`.",
+            ),
+        },
     )
     def list(self, request: Request) -> Response:
         """The caller's durable events after `after`, oldest first, exactly as the
         WebSocket sent them."""
+        after = self._after()
+        if after < events_pruned_through(user_id=request.user.pk):
+            return Response(
+                {
+                    "detail": f"Events after {after} are no longer kept: read your "
+                    "files again, then continue after last_event_id.",
+                    "last_event_id": selectors.last_event_id(user=request.user),
+                },
+                status=status.HTTP_410_GONE,
+            )
         return super().list(request)
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Event.objects.none()
+        return selectors.event_list(user=self.request.user, after=self._after())
+
+    def _after(self) -> int:
         try:
-            after = max(0, int(self.request.query_params.get("after", 0)))
+            return max(0, int(self.request.query_params.get("after", 0)))
         except ValueError as exc:
             raise serializers.ValidationError({"after": ["A whole number."]}) from exc
-        return selectors.event_list(user=self.request.user, after=after)

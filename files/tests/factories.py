@@ -114,3 +114,22 @@ def metrics_bytes(records: int) -> bytes:
 
 def expected_anomalies(records: int) -> int:
     return (records + 9) // 10
+
+
+def long_named_servers_bytes(servers: int = 1000) -> bytes:
+    """An export of many servers whose id, name and location are as long as the
+    engine keeps (255 characters, of 4 bytes each in UTF-8), one record each: a
+    summary listing them all is about 3 MB."""
+    long = "\U0001d521" * 300  # cut to 255 characters by the engine
+
+    def server(n: int) -> dict[str, Any]:
+        return {
+            "server_id": f"{n:04d}-{long}",
+            "server_name": f"{n:04d}-{long}",
+            "location": f"{n:04d}-{long}",
+            "metrics": [
+                {"timestamp": "2024-09-19T10:00:00Z", "cpu_usage": 90, "disk_read": 9}
+            ],
+        }
+
+    return json.dumps([server(n) for n in range(servers)]).encode()

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -219,6 +220,66 @@ def test_upload_is_processed_live_and_charted(page, live_stack, account, tmp_pat
     page.locator("#anomalies-table thead a[data-sort=value]").click()
     expect(values.first).to_have_text("860")
     expect(page.locator("#anomalies-table th[aria-sort=descending]")).to_have_count(1)
+
+
+def test_tiny_progress_messages_move_the_bars_and_nothing_else(
+    page, live_stack, account, monkeypatch
+):
+    """`file.progress` carries no file resource: the row's and the file page's
+    status and progress follow it, the name and the rest stay, a stale one (older
+    `last_event_id`) is ignored."""
+    from notifications.publisher import build_message, send_live
+
+    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    file = services.file_create(
+        owner=account, upload=upload(server_4_bytes(), "p.json")
+    )
+
+    def progress(fraction: float, last_event_id: int) -> None:
+        fields = {
+            "status": "processing",
+            "progress": fraction,
+            "status_message": f"Processing: {round(fraction * 100)}%",
+            "attempts": 2,
+            "last_event_id": last_event_id,
+        }
+        message = build_message("file.progress", file_id=file.pk, fields=fields)
+        # From a thread of its own: Playwright runs an event loop in this one.
+        sender = threading.Thread(target=send_live, args=(account.pk, message))
+        sender.start()
+        sender.join(10)
+
+    def until_shown(fraction: float, status) -> None:
+        # Live-only messages are at most once: one sent before the socket has
+        # joined its user's group is gone, so send until one arrives.
+        for _ in range(40):
+            progress(fraction, file.last_event_id)
+            try:
+                expect(status).to_have_text("processing", timeout=250)
+                return
+            except AssertionError:
+                continue
+        raise AssertionError("no progress message arrived")
+
+    sign_in(page, live_stack.base_url, account)
+    file_row = row(page, "p.json")
+    expect(file_row.locator("[data-role=status]")).to_have_text("queued")
+    until_shown(0.42, file_row.locator("[data-role=status]"))
+    expect(file_row.locator("[data-role=progress]")).to_have_attribute("title", "42%")
+    expect(file_row.locator("[data-role=name]")).to_have_text("p.json")
+    expect(file_row.locator("[data-role=size]")).to_have_attribute(
+        "title", f"{file.size} bytes"
+    )
+    progress(0.9, file.last_event_id - 1)  # older than what the row shows
+    page.wait_for_timeout(500)
+    expect(file_row.locator("[data-role=progress]")).to_have_attribute("title", "42%")
+
+    page.goto(f"{live_stack.base_url}/f/{file.pk}/")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "connected")
+    until_shown(0.57, page.locator("[data-role=status]"))
+    expect(page.locator("[data-role=status-message]")).to_have_text("57% done")
+    expect(page.locator("[data-role=attempts]")).to_have_text("2")
+    expect(page.locator("h1[data-role=name]")).to_have_text("p.json")
 
 
 def test_broken_file_fails_with_its_position(page, live_stack, account, tmp_path):

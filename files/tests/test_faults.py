@@ -196,7 +196,7 @@ def test_a_file_that_keeps_killing_its_worker_fails_after_the_last_attempt(
                     lambda m: (
                         m["type"] == "file.progress"
                         and m["file_id"] == file.pk
-                        and m["file"]["attempts"] == attempt
+                        and m["attempts"] == attempt
                     )
                 ),
                 timeout=60,

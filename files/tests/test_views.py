@@ -129,9 +129,10 @@ def test_the_dashboard_filters_by_status_kind_and_name(client, user, rules):
     assert 'value="s4"' in page and 'id="filters-clear"' in page
 
 
-def test_the_dashboard_paginates_keeping_the_filters(client, user, rules):
+def test_the_dashboard_paginates_keeping_the_filters(client, user, rules, settings):
     from files import views
 
+    settings.DWELLFI_QUOTA_PROCESSING = 0  # more files queued than the default quota
     for n in range(views.PAGE_SIZE + 3):
         queued(user, f"f{n}.json")
     client.force_login(user)

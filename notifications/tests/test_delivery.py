@@ -18,12 +18,14 @@ import os
 import signal
 import threading
 import time
+from datetime import timedelta
 
 import httpx
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -42,6 +44,7 @@ from files.models import File
 from files.tests.factories import server_4_bytes, upload, user_create
 from notifications import publisher
 from notifications.models import Event
+from notifications.retention import events_prune
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 PATH = "/notification/events"
@@ -113,10 +116,142 @@ def test_daphne_refuses_anonymous_bad_token_and_foreign_origin(live_stack, user)
         == 4403
     )
     assert closed_with(url, additional_headers=cookie) == 4403  # no Origin at all
+    port = int(live_stack.base_url.rsplit(":", 1)[1])
+    for origin in [
+        live_stack.base_url.replace("http:", "https:"),  # another scheme
+        f"http://127.0.0.1:{port + 1}",  # another port
+        f"http://localhost:{port}",  # another host, though an allowed one
+    ]:
+        assert closed_with(url, origin=origin, additional_headers=cookie) == 4403
     with connect(
         url, origin=live_stack.base_url, additional_headers=cookie, open_timeout=10
     ) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "snapshot"
+
+
+# --- a socket that survives its client -----------------------------------------------
+
+
+def test_garbage_and_floods_leave_the_socket_open_and_other_users_unaffected(
+    live_stack, rules
+):
+    """Through daphne: a client sends every kind of bad frame and floods pings.
+
+    Each bad frame is answered with an error, pings over the rate too, and the
+    socket stays open and still gets its events. Meanwhile another user's socket
+    answers its pings at once and gets its own events; a frame over daphne's 1 MiB
+    limit closes only the socket that sent it; the log has no traceback.
+    """
+    hostile, bystander = user_create(), user_create()
+    hostile_token, bystander_token = token_for(hostile), token_for(bystander)
+    other = EventClient(f"{live_stack.ws_url}{PATH}?token={bystander_token}&after=0")
+    log_before = len(live_stack.web.output())
+    with connect(
+        f"{live_stack.ws_url}{PATH}?token={hostile_token}&after=0", open_timeout=10
+    ) as ws:
+        frames = [
+            b"\x00\xffbinary",
+            "",
+            "not json",
+            "[" * 2000 + "]" * 2000,
+            "x" * 5000,
+            '{"type": "subscribe", "group": "user_1"}',
+        ]
+        for frame in frames:
+            ws.send(frame)
+            reply = json.loads(ws.recv(timeout=10))
+            assert (reply["type"], reply["file_id"]) == ("error", None), frame
+            assert reply["detail"]
+
+        started = time.monotonic()
+        for _ in range(200):
+            ws.send('{"type": "ping"}')
+        replies = [json.loads(ws.recv(timeout=10)) for _ in range(200)]
+        assert [r["type"] for r in replies].count("pong") <= 6
+        assert all(r["type"] in ("pong", "error") for r in replies)
+
+        other.ping()
+        assert other.wait_for(pong, timeout=5)
+        assert time.monotonic() - started < 10
+        theirs = upload_http(live_stack.base_url, bystander_token, "theirs.json")
+        assert other.wait_for(
+            lambda ms: any(m.get("file_id") == theirs for m in durable(ms)), timeout=30
+        )
+
+        mine = upload_http(live_stack.base_url, hostile_token, "mine.json")
+        while True:
+            message = json.loads(ws.recv(timeout=30))
+            if message.get("file_id") == mine:
+                break
+
+        # autobahn (daphne's WebSocket layer) fails such a connection by dropping
+        # it, without a closing handshake (or with 1009, "message too big").
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.send("x" * (2 * 1024 * 1024))  # may be cut off halfway
+            while True:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is None or closed.value.rcvd.code == 1009
+
+    other.ping()
+    assert other.wait_for(lambda ms: sum(m["type"] == "pong" for m in ms) == 2, 10)
+    other.close()
+    assert not [m for m in other.received() if m["type"] == "error"]
+    assert "Traceback" not in live_stack.web.output()[log_before:]
+
+
+def test_the_socket_limit_holds_across_web_processes(live_stack, settings, tmp_path):
+    """Two daphne processes, at most three sockets a user: the fourth, opened on the
+    other process, closes the oldest (4429); another user's sockets stay."""
+    env = {**live_env(settings.MEDIA_ROOT), "DWELLFI_MAX_SOCKETS_PER_USER": "3"}
+    ports = [free_port(), free_port()]
+    webs = [start_web(env, tmp_path, port, f"web-{port}") for port in ports]
+    try:
+        alice, bob = user_create(), user_create()
+        tokens = {alice.pk: token_for(alice), bob.pk: token_for(bob)}
+
+        def open_on(n: int, user) -> EventClient:
+            url = f"ws://127.0.0.1:{ports[n % 2]}{PATH}?token={tokens[user.pk]}"
+            client = EventClient(f"{url}&after=0")
+            client.ping()  # registered once its pong is back
+            assert client.wait_for(pong, timeout=10)
+            return client
+
+        bobs = [open_on(n, bob) for n in range(3)]
+        alices = [open_on(n, alice) for n in range(3)]
+        assert not any(c.closed.is_set() for c in alices)
+        alices.append(open_on(3, alice))  # on the other process than the first
+        assert alices[0].closed.wait(10)
+        assert alices[0].error.rcvd.code == 4429
+        assert not any(c.closed.is_set() for c in alices[1:] + bobs)
+
+        mine = upload_http(live_stack.base_url, tokens[alice.pk], "mine.json")
+        theirs = upload_http(live_stack.base_url, tokens[bob.pk], "theirs.json")
+        for clients, file_id in ((alices[1:], mine), (bobs, theirs)):
+            for client in clients:
+                assert client.wait_for(
+                    lambda ms, f=file_id: any(m["file_id"] == f for m in durable(ms)),
+                    timeout=15,
+                )
+                client.close()
+    finally:
+        for web in webs:
+            web.stop()
+
+
+def test_deleting_a_token_closes_its_sockets_in_daphne(live_stack, user):
+    """The token is deleted in this process (as the admin or a script would); the
+    sockets it opened, held by daphne, close with 4401, and it is refused after."""
+    token = token_for(user)
+    url = f"{live_stack.ws_url}{PATH}?token={token}&after=0"
+    clients = [EventClient(url) for _ in range(2)]
+    for client in clients:
+        client.ping()
+        assert client.wait_for(pong, timeout=10)
+    Token.objects.filter(key=token).delete()
+    for client in clients:
+        assert client.closed.wait(10)
+        assert client.error.rcvd.code == 4401
+    assert closed_with(url) == 4401
 
 
 # --- who receives what -------------------------------------------------------------
@@ -225,33 +360,14 @@ def test_a_client_that_reconnects_with_after_gets_exactly_what_it_missed(
     assert ids == list(range(cursor + 1, cursor + 1 + len(ids)))
 
 
-def many_servers_bytes(servers: int) -> bytes:
-    """An export of many servers, one record each: each outcome event carries a
-    summary listing every server, about 150 bytes apiece."""
-    documents = [
-        {
-            "server_id": f"server-{n:04d}",
-            "server_name": f"web-server-{n:04d}.eu-west.dwellfi.example",
-            "location": f"data-center-{n % 7}, rack {n:04d}",
-            "metrics": [
-                {"timestamp": "2024-09-19T10:00:00Z", "cpu_usage": 50, "disk_read": 9}
-            ],
-        }
-        for n in range(servers)
-    ]
-    return json.dumps(documents).encode()
-
-
-def process_in_process(owner, count: int, content: bytes | None = None) -> list[int]:
+def process_in_process(owner, count: int) -> list[int]:
     """Upload and process files in this process, as a worker would.
 
     Their events reach the daphne under test through the shared Redis.
     """
     file_ids = []
     for _ in range(count):
-        file = services.file_create(
-            owner=owner, upload=upload(content or server_4_bytes())
-        )
+        file = services.file_create(owner=owner, upload=upload(server_4_bytes()))
         services.file_process(file_id=file.pk, task_id=file.task_id)
         file_ids.append(file.pk)
     return file_ids
@@ -260,6 +376,44 @@ def process_in_process(owner, count: int, content: bytes | None = None) -> list[
 @pytest.fixture
 def no_broker(monkeypatch) -> None:
     monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+
+
+def test_a_client_behind_the_retention_gets_a_reset_instead_of_a_gap(
+    live_stack, user, rules, no_broker, settings
+):
+    """Events older than the retention are pruned while a client is away; when it
+    reconnects with its old cursor it gets a `snapshot` with `reset: true` (the
+    files as they are now), then live events, and the REST list answers 410."""
+    settings.DWELLFI_EVENT_RETENTION_DAYS = 7
+    token = token_for(user)
+    seen = process_in_process(user, 1)
+    cursor = max(m["id"] for m in stored_messages(user))
+    missed = process_in_process(user, 2)
+    Event.objects.filter(user=user).update(
+        created_at=timezone.now() - timedelta(days=8)
+    )
+    assert events_prune() == 15
+
+    client = EventClient(f"{live_stack.ws_url}{PATH}?token={token}&after={cursor}")
+    assert client.wait_for(lambda ms: len(ms) >= 1, timeout=10)
+    snapshot = client.received()[0]
+    assert (snapshot["type"], snapshot["reset"]) == ("snapshot", True)
+    assert snapshot["last_event_id"] == 15
+    assert {f["id"]: f["status"] for f in snapshot["files"]} == {
+        pk: "processed" for pk in seen + missed
+    }
+    process_in_process(user, 1)
+    assert client.wait_for(at_least(5), timeout=15)
+    client.close()
+    assert [m["id"] for m in durable(client.received())] == list(range(16, 21))
+
+    response = httpx.get(
+        f"{live_stack.base_url}/api/events/?after={cursor}",
+        headers={"Authorization": f"Token {token}"},
+        timeout=10,
+    )
+    assert response.status_code == 410
+    assert response.json()["last_event_id"] == 20
 
 
 def test_a_client_that_stops_reading_gets_every_event_when_it_resumes(
@@ -298,8 +452,8 @@ def test_a_subscriber_redis_cuts_off_still_ends_with_the_final_state(
 ):
     """Redis disconnects a subscriber that falls behind its pub/sub output buffer
     limit, and what it held is lost. Here the limit is 64 KB and daphne is frozen
-    (SIGSTOP) while 20 files of 1,000 servers each are processed — megabytes of
-    events, more than the kernel's socket buffers take in; after SIGCONT its
+    (SIGSTOP) while 10 MB of live-only messages (more than the kernel's socket
+    buffers take in) and then the events of 20 files are sent; after SIGCONT its
     channel layer reconnects and resubscribes.
 
     The client then ends with every event exactly once: the client's ping makes
@@ -324,7 +478,10 @@ def test_a_subscriber_redis_cuts_off_still_ends_with_the_final_state(
         assert events.wait_for(pong, timeout=10)
         os.kill(web.popen.pid, signal.SIGSTOP)
         try:
-            frozen = process_in_process(user, 20, many_servers_bytes(1000))
+            filler = {"type": "file.progress", "file_id": None, "pad": "x" * 32768}
+            for _ in range(320):
+                publisher.send_live(user.pk, filler)
+            frozen = process_in_process(user, 20)
         finally:
             os.kill(web.popen.pid, signal.SIGCONT)
         wait_for(

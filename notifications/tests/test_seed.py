@@ -177,3 +177,17 @@ async def test_a_deleted_file_is_never_mentioned():
     communicator = await seed_connection(user, "&after=0")
     assert await communicator.receive_nothing(timeout=0.3)
     await communicator.disconnect()
+
+
+async def test_bad_frames_get_no_answer_and_the_socket_stays_open():
+    """The seed app never sends, and could not parse an error: nothing comes back."""
+    user = await make_user()
+    communicator = await seed_connection(user, "&after=0")
+    for frame in ({"bytes": b"\x00"}, {"text": ""}, {"text": "x" * 5000}):
+        await communicator.send_input({"type": "websocket.receive", **frame})
+    for _ in range(20):
+        await communicator.send_json_to({"type": "ping"})
+    assert await communicator.receive_nothing(timeout=0.5)
+    file_id = await processed_file(user)
+    assert_processed_sequence(await receive(communicator, 3), file_id, user)
+    await communicator.disconnect()

@@ -75,8 +75,16 @@
       fileGone();
       return;
     }
-    if (!message.file || typeof message.file !== 'object') return;
-    var resource = Object.assign({}, message.file);
+    var resource;
+    if (message.type === 'file.progress') {
+      // Tiny: no resource, only the fields the status line shows.
+      resource = { status: message.status, progress: message.progress,
+                   attempts: message.attempts, last_event_id: message.last_event_id };
+    } else if (message.file && typeof message.file === 'object') {
+      resource = Object.assign({}, message.file);
+    } else {
+      return;
+    }
     if (message.status) resource.status = message.status;
     if (typeof message.progress === 'number') resource.progress = message.progress;
     if (isStale(resource)) return;

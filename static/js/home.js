@@ -24,7 +24,6 @@
   function fillRow(row, file) {
     row.id = 'file-' + file.id;
     row.dataset.fileId = String(file.id);
-    row.dataset.status = file.status;
     row.dataset.lastEventId = file.last_event_id === null || file.last_event_id === undefined
       ? '' : String(file.last_event_id);
 
@@ -32,22 +31,8 @@
     name.textContent = file.name;
     name.href = '/f/' + encodeURIComponent(file.id) + '/';
 
-    var status = cell(row, 'status');
-    var badge = status.querySelector('.badge');
-    if (!badge) {
-      status.textContent = '';
-      badge = document.createElement('span');
-      status.appendChild(badge);
-    }
-    badge.className = 'badge badge--' + file.status;
-    badge.textContent = file.status;
-
-    var progress = cell(row, 'progress');
-    var fraction = file.status === 'processed' ? 1 : Math.min(Math.max(Number(file.progress) || 0, 0), 1);
-    progress.value = fraction;
-    progress.textContent = D.percent(fraction) + '%';
-    progress.setAttribute('aria-label', 'Progress of ' + file.name);
-    progress.title = D.percent(fraction) + '%';
+    fillStatus(row, file.status, file.progress);
+    cell(row, 'progress').setAttribute('aria-label', 'Progress of ' + file.name);
 
     cell(row, 'kind').textContent = file.kind || '\u2014';
 
@@ -71,6 +56,33 @@
       time.setAttribute('datetime', file.created_at);
       D.localizeTime(time);
     }
+  }
+
+  /** Write a status and progress into a row (all a `file.progress` message has). */
+  function fillStatus(row, status, progressValue) {
+    row.dataset.status = status;
+    var statusCell = cell(row, 'status');
+    var badge = statusCell.querySelector('.badge');
+    if (!badge) {
+      statusCell.textContent = '';
+      badge = document.createElement('span');
+      statusCell.appendChild(badge);
+    }
+    badge.className = 'badge badge--' + status;
+    badge.textContent = status;
+
+    var progress = cell(row, 'progress');
+    var fraction = status === 'processed' ? 1 : Math.min(Math.max(Number(progressValue) || 0, 0), 1);
+    progress.value = fraction;
+    progress.textContent = D.percent(fraction) + '%';
+    progress.title = D.percent(fraction) + '%';
+  }
+
+  /** Whether what a row shows is newer (by `last_event_id`) than `lastEventId`. */
+  function rowIsNewer(row, lastEventId) {
+    var shown = row.dataset.lastEventId;
+    return shown !== '' && shown !== undefined && lastEventId !== null &&
+      lastEventId !== undefined && Number(lastEventId) < Number(shown);
   }
 
   function flash(row, className) {
@@ -124,11 +136,7 @@
     if (!file || file.id === undefined || file.id === null) return;
     var row = document.getElementById('file-' + file.id);
     if (row) {
-      var shown = row.dataset.lastEventId;
-      if (shown !== '' && shown !== undefined && file.last_event_id !== null &&
-          file.last_event_id !== undefined && Number(file.last_event_id) < Number(shown)) {
-        return;
-      }
+      if (rowIsNewer(row, file.last_event_id)) return;
       var changed = row.dataset.status !== file.status;
       fillRow(row, file);
       if (changed) flash(row, 'is-updated');
@@ -158,6 +166,12 @@
     }
     if (message.type === 'file.deleted') {
       removeFile(message.file_id);
+      return;
+    }
+    if (message.type === 'file.progress') {
+      // Tiny: no resource, only what the row's status and progress bar need.
+      var row = document.getElementById('file-' + message.file_id);
+      if (row && !rowIsNewer(row, message.last_event_id)) fillStatus(row, message.status, message.progress);
       return;
     }
     if (!message.file || typeof message.file !== 'object') return;

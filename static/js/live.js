@@ -8,7 +8,11 @@
  * passing `?after=<highest id>`, so nothing is lost across reconnects. When the
  * socket keeps failing (a proxy that drops WebSockets, say), the client also polls
  * `GET /api/events/?after=<highest id>` until a socket stays open again: the same
- * durable events, through the same de-duplication.
+ * durable events, through the same de-duplication. When the events after the
+ * cursor are no longer kept (a `snapshot` with `reset`, or a 410 from the events
+ * list), the page reloads: what it shows may be stale. A socket closed because the
+ * user opened too many (4429) is not reopened at once, which would close another
+ * tab's: the page polls until it is looked at again.
  *
  * Pages subscribe with `DwellFi.onFileEvent(fn)` (fn(message)), or listen for the
  * `dwellfi:event` CustomEvent on document (event.detail is the message).
@@ -24,6 +28,7 @@
   var SILENCE_LIMIT = 65000;   // no message (not even a pong) for this long: reconnect
   var CLOSE_UNAUTHENTICATED = 4401;
   var CLOSE_FORBIDDEN_ORIGIN = 4403;
+  var CLOSE_REPLACED = 4429;   // the user opened too many sockets: this was the oldest
   var POLL_AFTER_FAILURES = 3; // failed connections in a row before polling starts
   var POLL_EVERY = 4000;
   var POLL_PAGE_SIZE = 200;
@@ -41,6 +46,7 @@
   var pollTimer = null;
   var polling = false;
   var pollInFlight = false;
+  var replaced = false;
 
   var live = D.live = {
     state: 'offline',
@@ -105,6 +111,11 @@
     if (!message || typeof message !== 'object' || message.type === 'pong') return;
 
     if (message.type === 'snapshot') {
+      if (message.reset) {
+        // Events this page missed are no longer kept: what it shows may be stale.
+        D.reloadKeepingToasts();
+        return;
+      }
       var snapshotId = Number(message.last_event_id) || 0;
       if (snapshotId > lastId) lastId = snapshotId;
     } else if (message.id !== undefined && message.id !== null) {
@@ -149,6 +160,10 @@
       if (!polling) return;
       if (result.status === 401 || result.status === 403) {
         stopLive(CLOSE_UNAUTHENTICATED);
+        return;
+      }
+      if (result.status === 410) { // the events it missed were pruned: start afresh
+        D.reloadKeepingToasts();
         return;
       }
       if (!result.ok || !result.data) {
@@ -232,6 +247,14 @@
         stopLive(event.code);
         return;
       }
+      if (event.code === CLOSE_REPLACED) {
+        // Reconnecting would close another tab's socket in turn: poll instead, and
+        // take a socket again only when this tab is looked at again.
+        replaced = true;
+        setState('polling', 'Live updates by polling: too many open tabs or clients');
+        startPolling();
+        return;
+      }
       scheduleRetry();
     };
     // onerror is always followed by onclose, which does the work.
@@ -272,7 +295,10 @@
     });
     document.addEventListener('visibilitychange', function () {
       if (document.visibilityState !== 'visible') return;
-      if (retryTimer) reconnectSoon();
+      if (retryTimer || replaced) {
+        replaced = false;
+        reconnectSoon();
+      }
       if (polling) schedulePoll(0);
     });
     window.addEventListener('pagehide', function () {

@@ -125,6 +125,9 @@ class Command(BaseCommand):
             except ValidationError as exc:
                 self._say(path, f"refused: {first_message(exc.detail)}", ok=False)
                 return None
+            except services.QuotaExceeded as exc:
+                self._say(path, f"refused: {exc}", ok=False)
+                return None
         file.refresh_from_db()
         return file
 

@@ -236,8 +236,8 @@ DWELLFI_X_ACCEL_PREFIX = env.str("DWELLFI_X_ACCEL_PREFIX", default="")
 # queued or processing at once. Durable events are kept this many days.
 DWELLFI_MAX_SOCKETS_PER_USER = env.int("DWELLFI_MAX_SOCKETS_PER_USER", default=10)
 DWELLFI_QUOTA_BYTES = env.int("DWELLFI_QUOTA_BYTES", default=10 * 1024**3)
-DWELLFI_QUOTA_FILES = env.int("DWELLFI_QUOTA_FILES", default=10_000)
-DWELLFI_QUOTA_PROCESSING = env.int("DWELLFI_QUOTA_PROCESSING", default=20)
+DWELLFI_QUOTA_FILES = env.int("DWELLFI_QUOTA_FILES", default=100_000)
+DWELLFI_QUOTA_PROCESSING = env.int("DWELLFI_QUOTA_PROCESSING", default=1000)
 DWELLFI_EVENT_RETENTION_DAYS = env.int("DWELLFI_EVENT_RETENTION_DAYS", default=30)
 CELERY_BEAT_SCHEDULE["notifications.prune_events"] = {
     "task": "notifications.tasks.prune_events",
@@ -304,7 +304,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "files.api.errors.exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"uploads": env.str("DWELLFI_UPLOAD_RATE", "120/min")},
+    "DEFAULT_THROTTLE_RATES": {"uploads": env.str("DWELLFI_UPLOAD_RATE", "600/min")},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "DwellFi API",

@@ -215,15 +215,16 @@ def file_update(
         details["declared_type"] = declared_type[:100]
     if upload is None:
         with transaction.atomic():
-            current = _locked(file)
+            current = _reread(file)
             _save(current, details)
         return current
     _check_looks_like_json(upload)
-    _quota_for_new_run(file, size=upload.size)  # before storing anything
+    # Before storing anything, on the row as it is now (not the caller's copy).
+    _quota_for_new_run(_reread(file, lock=False), size=upload.size)
     stored = _store(upload)
     try:
         with transaction.atomic():
-            current = _locked(file)
+            current = _reread(file)
             events_lock(current.owner_id)
             _quota_for_new_run(current, size=stored["size"])
             pending = PendingDeletion.objects.create(content=current.content.name)
@@ -244,7 +245,7 @@ def file_reprocess(*, file: File, by: AbstractBaseUser | None = None) -> File:
     or processing as allowed.
     """
     with transaction.atomic():
-        current = _locked(file)
+        current = _reread(file)
         if current.status != File.Status.QUEUED:
             events_lock(current.owner_id)
             _quota_for_new_run(current)
@@ -271,7 +272,7 @@ def file_delete(*, file: File) -> None:
     already gone.
     """
     with transaction.atomic():
-        current = _locked(file)
+        current = _reread(file)
         fields = _event_fields(current, "file.deleted", file_resource(current))
         pending = PendingDeletion.objects.create(
             file_id=current.pk, content=current.content.name
@@ -287,13 +288,11 @@ def file_delete(*, file: File) -> None:
         transaction.on_commit(lambda: _purge(pending.pk))
 
 
-def _locked(file: File) -> File:
-    """The file's row as it is now, locked until the transaction ends."""
-    current = (
-        File.objects.select_for_update()
-        .filter(pk=file.pk, owner_id=file.owner_id)
-        .first()
-    )
+def _reread(file: File, *, lock: bool = True) -> File:
+    """The file's row as it is now (not the caller's copy), locked until the
+    transaction ends unless `lock` is false; FileGone when it was deleted."""
+    rows = File.objects.filter(pk=file.pk, owner_id=file.owner_id)
+    current = (rows.select_for_update() if lock else rows).first()
     if current is None:
         raise FileGone
     return current

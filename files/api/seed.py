@@ -107,5 +107,4 @@ class SeedUpdateView(APIView):
             name=details.get("filename"),
             declared_type=details.get("type"),
         )
-        if form.validated_data.get("file") is not None:
-            return _one_file(file)
+        return _one_file(file)

@@ -523,6 +523,9 @@ async def test_a_ping_delivers_events_the_layer_dropped(user, rules, monkeypatch
     token = await database_sync_to_async(token_for)(user)
     communicator = WebsocketCommunicator(application, f"{PATH}?token={token}&after=0")
     assert (await communicator.connect())[0]
+    # The connection's own catch-up runs on after the accept: let it end first.
+    await communicator.send_json_to({"type": "ping"})
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "pong"
     monkeypatch.setattr(publisher, "send_live", lambda user_id, message: None)
     await database_sync_to_async(process_in_process)(user, 1)
     assert await communicator.receive_nothing(timeout=0.3)

@@ -6,6 +6,7 @@ path is followed end to end through nginx in `test_proxy.py`.
 """
 
 import hashlib
+import logging
 import socket
 import threading
 import time
@@ -25,6 +26,8 @@ from files import services
 from files.models import File
 
 from .factories import server_4_bytes, user_create
+
+logger = logging.getLogger(__name__)
 
 pytestmark = pytest.mark.django_db
 
@@ -73,7 +76,7 @@ def parallel_downloads(pid: int, download: Callable[[], None]) -> tuple[int, int
             client.start()
         for client in clients:
             client.join()
-    print(f"web RSS {before >> 20} MB, peak {memory.peak >> 20} MB")
+    logger.info(f"web RSS {before >> 20} MB, peak {memory.peak >> 20} MB")
     return before, memory.peak
 
 

@@ -5,6 +5,7 @@ Every test starts its own redis-server on a free port and its own Celery worker
 kills only the processes it started, by pid. What each proves is in its docstring.
 """
 
+import logging
 import os
 import shutil
 import signal
@@ -46,6 +47,8 @@ from .factories import (
     upload,
     user_create,
 )
+
+logger = logging.getLogger(__name__)
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
@@ -162,7 +165,9 @@ def test_killing_the_worker_child_mid_file_reprocesses_it_once(
         (child,) = child_pids(worker.popen.pid)
         os.kill(child, signal.SIGKILL)
         file = wait_final(file.pk, timeout=90, process=worker)
-        print(f"killed mid-file, processed after {time.monotonic() - started:.1f} s")
+        logger.info(
+            f"killed mid-file, processed after {time.monotonic() - started:.1f} s"
+        )
     finally:
         listener.close()
         worker.stop()
@@ -264,7 +269,7 @@ def test_killing_the_whole_worker_redelivers_to_a_new_worker(
     second = start_worker(env, tmp_path, name="worker-b")
     try:
         file = wait_final(file.pk, timeout=40, process=second)
-        print(f"recovered {time.monotonic() - killed_at:.1f} s after the kill")
+        logger.info(f"recovered {time.monotonic() - killed_at:.1f} s after the kill")
     finally:
         second.stop()
     assert_processed_once(file, records)
@@ -305,7 +310,7 @@ def test_sigterm_during_a_task_loses_nothing(
         listener.close()
         worker.stop(signal.SIGKILL)
     status = File.objects.get(pk=file.pk).status
-    print(f"SIGTERM to the {target}: {status} when the worker exited")
+    logger.info(f"SIGTERM to the {target}: {status} when the worker exited")
     if target == "main process":
         assert status == "processed"
     if status != "processed":
@@ -425,7 +430,9 @@ def test_uploads_with_redis_unreachable_return_at_once_and_are_recovered(
             assert response.status_code == 201, response.text
             assert response.json()["status"] == "queued"
             uploaded.append(response.json()["id"])
-        print("upload with Redis down:", {k: f"{v:.2f} s" for k, v in timings.items()})
+        logger.info(
+            "upload with Redis down:", {k: f"{v:.2f} s" for k, v in timings.items()}
+        )
         assert timings["refused"] < 2
         assert timings["unreachable"] < 6
         assert {File.objects.get(pk=pk).status for pk in uploaded} == {"queued"}
@@ -441,7 +448,9 @@ def test_uploads_with_redis_unreachable_return_at_once_and_are_recovered(
                 what="recovery",
                 process=worker,
             )
-        print(f"both processed {time.monotonic() - back:.1f} s after Redis came back")
+        logger.info(
+            f"both processed {time.monotonic() - back:.1f} s after Redis came back"
+        )
     finally:
         if blackhole is not None:
             blackhole.close()
@@ -523,7 +532,7 @@ def test_redis_restarted_mid_run_loses_no_file_and_no_event(
             process.stop()
     durable = [m for m in live + late.received() if "id" in m]
     ids = [m["id"] for m in durable]
-    print(
+    logger.info(
         f"{len(ids)} events: {len([m for m in live if 'id' in m])} on the first "
         f"socket (open through the restart: {stayed_open}), "
         f"{len(late.received()) - 1} after reconnecting"
@@ -702,7 +711,7 @@ def test_postgresql_restarted_between_and_during_tasks(
     assert record_count == records
     assert anomaly_count == expected_anomalies(records)
     assert attempts >= 2
-    print(f"attempts for the file whose database crashed: {attempts}")
+    logger.info(f"attempts for the file whose database crashed: {attempts}")
 
 
 def test_a_file_locked_by_a_lingering_session_waits_for_it(

@@ -11,6 +11,7 @@ it enqueues, so nothing touches the database while a test's data is flushed.
 
 import getpass
 import json
+import logging
 import re
 import shutil
 import ssl
@@ -50,6 +51,8 @@ from .test_security import multipart_body, raw_post, sign_in, stored_paths
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TEMPLATE = Path(settings.BASE_DIR, "deploy/nginx/templates/default.conf.template")
 LIMIT = 1024 * 1024  # the upload limit here: 1 MiB
+
+logger = logging.getLogger(__name__)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -202,7 +205,7 @@ def test_an_oversize_body_is_refused_by_the_proxy_and_never_reaches_daphne(proxy
             assert json.loads(answer) == {
                 "detail": f"Request body larger than the limit of {LIMIT} bytes."
             }
-    print(f"daphne RSS {before >> 20} MB, peak {memory.peak >> 20} MB")
+    logger.info(f"daphne RSS {before >> 20} MB, peak {memory.peak >> 20} MB")
     assert memory.peak - before < 5 * 1024 * 1024, (before, memory.peak)
     assert '"POST /api/files/"' not in proxy.web.output()
     assert not File.objects.exists()

@@ -6,6 +6,7 @@ on a WebSocket held by the other, the work spreads over both workers, and the
 upload throttle counts across both web processes.
 """
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +29,8 @@ from conftest import (
 from files.models import File
 
 from .factories import metrics_bytes, server_4_bytes, user_create
+
+logger = logging.getLogger(__name__)
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
@@ -150,7 +153,7 @@ def test_two_webs_and_two_workers_share_everything(
     for result in TaskResult.objects.filter(task_id__in=task_ids):
         name = result.worker.split("-")[1]  # worker-a-<pid>@host -> a
         by_worker[name] = by_worker.get(name, 0) + 1
-    print(f"files processed per worker: {by_worker}")
+    logger.info(f"files processed per worker: {by_worker}")
     assert sum(by_worker.values()) == FILES
     assert set(by_worker) == {"a", "b"}
     for process in processes[2:]:

@@ -14,6 +14,7 @@ checks, in process, the consumer's answer to such a loss.
 """
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -45,6 +46,8 @@ from files.tests.factories import server_4_bytes, upload, user_create
 from notifications import publisher
 from notifications.models import Event
 from notifications.retention import events_prune
+
+logger = logging.getLogger(__name__)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 PATH = "/notification/events"
@@ -513,7 +516,7 @@ def test_a_subscriber_redis_cuts_off_still_ends_with_the_final_state(
     received = durable(events.received())
     assert received == stored_messages(user)
     assert final_statuses(received) == {pk: "processed" for pk in frozen + later}
-    print(f"{lost} of {len(received)} events lost by the layer, all replayed")
+    logger.info(f"{lost} of {len(received)} events lost by the layer, all replayed")
 
 
 @pytest.mark.usefixtures("in_memory_layer", "no_broker")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.db import connection
 
 from conftest import Process, free_port, live_env, start_web, wait_for
 from files import services
@@ -127,6 +128,17 @@ def choose_file(page, tmp_path: Path, name: str, content: bytes) -> None:
     page.set_input_files("#upload-input", str(path))
 
 
+def uploaded(page, tmp_path: Path, name: str, content: bytes, until: str = "processed"):
+    """Upload through the page's file input and wait for its row to show `until`:
+    the row."""
+    choose_file(page, tmp_path, name, content)
+    file_row = row(page, name)
+    expect(file_row.locator("[data-role=status]")).to_have_text(
+        until, timeout=TIMEOUT_MS
+    )
+    return file_row
+
+
 def row(page, name: str):
     return page.locator("tr.file-row").filter(
         has=page.locator("[data-role=name]", has_text=name)
@@ -149,11 +161,7 @@ def test_upload_is_processed_live_and_charted(page, live_stack, account, tmp_pat
     sign_in(page, live_stack.base_url, account)
     mark_page(page)
 
-    choose_file(page, tmp_path, "server_4.json", server_4_bytes())
-    file_row = row(page, "server_4.json")
-    expect(file_row.locator("[data-role=status]")).to_have_text(
-        "processed", timeout=TIMEOUT_MS
-    )
+    file_row = uploaded(page, tmp_path, "server_4.json", server_4_bytes())
     expect(file_row.locator("[data-role=anomalies]")).to_have_text("27")
     expect(file_row.locator("[data-role=records]")).to_have_text("9")
     expect(file_row.locator("[data-role=kind]")).to_have_text("server_metrics")
@@ -284,11 +292,7 @@ def test_tiny_progress_messages_move_the_bars_and_nothing_else(
 
 def test_broken_file_fails_with_its_position(page, live_stack, account, tmp_path):
     sign_in(page, live_stack.base_url, account)
-    choose_file(page, tmp_path, "broken.json", broken_bytes())
-    file_row = row(page, "broken.json")
-    expect(file_row.locator("[data-role=status]")).to_have_text(
-        "failed", timeout=TIMEOUT_MS
-    )
+    file_row = uploaded(page, tmp_path, "broken.json", broken_bytes(), until="failed")
     expect(file_row.locator("[data-role=error]")).to_contain_text("line 13, column 20")
     screenshot(page, "04-dashboard-failed")
 
@@ -358,11 +362,7 @@ def long_series_processed(page, live_stack, account, tmp_path, name: str):
     """Signed in, a 3,000-record series uploaded through the page and processed:
     its row."""
     sign_in(page, live_stack.base_url, account)
-    choose_file(page, tmp_path, name, long_series_bytes(3000))
-    file_row = row(page, name)
-    expect(file_row.locator("[data-role=status]")).to_have_text(
-        "processed", timeout=TIMEOUT_MS
-    )
+    file_row = uploaded(page, tmp_path, name, long_series_bytes(3000))
     return file_row
 
 
@@ -419,11 +419,7 @@ def test_a_chart_that_loads_after_a_zoom_joins_it(page, live_stack, account, tmp
 
 def test_file_page_actions_give_live_feedback(page, live_stack, account, tmp_path):
     sign_in(page, live_stack.base_url, account)
-    choose_file(page, tmp_path, "actions.json", server_4_bytes())
-    file_row = row(page, "actions.json")
-    expect(file_row.locator("[data-role=status]")).to_have_text(
-        "processed", timeout=TIMEOUT_MS
-    )
+    file_row = uploaded(page, tmp_path, "actions.json", server_4_bytes())
     file_row.locator("[data-role=name]").click()
     status = page.locator("#summary [data-role=status]")
     expect(status).to_have_text("processed")
@@ -459,6 +455,150 @@ def test_file_page_actions_give_live_feedback(page, live_stack, account, tmp_pat
     assert not File.objects.filter(owner=account).exists()
 
 
+def off_the_loop(service, **kwargs):
+    """Call a service from a thread of its own: Playwright runs an event loop in
+    this one, and the events it sends after commit need one of their own."""
+    result = []
+
+    def call() -> None:
+        try:
+            result.append(service(**kwargs))
+        finally:
+            connection.close()
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    caller.join(30)
+    return result[0]
+
+
+def processed_file(owner, name: str) -> File:
+    """server_4.json uploaded by the API and processed by the session's worker."""
+    file = off_the_loop(
+        services.file_create, owner=owner, upload=upload(server_4_bytes(), name)
+    )
+    wait_for(
+        lambda: File.objects.get(pk=file.pk).status == File.Status.PROCESSED,
+        timeout=60,
+        what=f"processing {name}",
+    )
+    return File.objects.get(pk=file.pk)
+
+
+def test_an_event_updates_the_row_in_place_with_the_servers_partial(
+    page, live_stack, account
+):
+    """The row an event changes is the same element, morphed into what the server's
+    row partial (`/f/ID/row/`) renders: no row is drawn by the page's script."""
+    file = processed_file(account, "row-in-place.json")
+    row_requests = []
+    page.on(
+        "request",
+        lambda request: (
+            row_requests.append(request.url)
+            if request.url.endswith(f"/f/{file.pk}/row/")
+            else None
+        ),
+    )
+    sign_in(page, live_stack.base_url, account)
+    file_row = row(page, "row-in-place.json")
+    expect(file_row.locator("[data-role=anomalies]")).to_have_text("27")
+    file_row.evaluate("row => { row.__kept = true; }")
+    link = file_row.locator("[data-role=name]")
+    link.focus()  # a keyboard user on the row keeps their place
+
+    AnomalyRule.objects.filter(metric="cpu_usage").update(max_value=1000)
+    off_the_loop(services.file_reprocess, file=file, by=account)
+    expect(file_row.locator("[data-role=anomalies]")).to_have_text("18")
+    expect(file_row.locator("[data-role=status]")).to_have_text("processed")
+    assert file_row.evaluate("row => row.__kept === true"), "the row was replaced"
+    expect(link).to_be_focused()
+    assert row_requests
+
+    partial = page.request.get(
+        f"{live_stack.base_url}/f/{file.pk}/row/", headers={"HX-Request": "true"}
+    )
+    differences = page.evaluate(
+        """([id, html]) => {
+          const template = document.createElement('template');
+          template.innerHTML = html.trim();
+          const server = template.content.firstElementChild;
+          const shown = document.getElementById(id);
+          const differences = [];
+          for (const name of ['data-status', 'data-last-event-id']) {
+            if (server.getAttribute(name) !== shown.getAttribute(name)) {
+              differences.push(name);
+            }
+          }
+          // Every part but the upload time, which the page shows in local time.
+          for (const part of server.querySelectorAll('[data-role]')) {
+            const role = part.dataset.role;
+            const mine = shown.querySelector(`[data-role="${role}"]`);
+            if (role !== 'created' && mine.outerHTML !== part.outerHTML) {
+              differences.push(role);
+            }
+          }
+          return differences;
+        }""",
+        [f"file-{file.pk}", partial.text()],
+    )
+    assert differences == []
+
+
+# The answers to the page's uploads (POST /api/files/), kept from the page's script
+# until the test delivers them: `window.__answers`, each {status, text, deliver()}.
+# Playwright's routes cannot hold them: a request's multipart File body is not
+# available to `route.fetch()`.
+HOLD_UPLOAD_ANSWERS = """
+window.__answers = [];
+(() => {
+  const open = XMLHttpRequest.prototype.open;
+  XMLHttpRequest.prototype.open = function (method, url, ...rest) {
+    this.__hold = method === 'POST' && url === '/api/files/';
+    return open.call(this, method, url, ...rest);
+  };
+  const listen = XMLHttpRequest.prototype.addEventListener;
+  XMLHttpRequest.prototype.addEventListener = function (type, listener, ...rest) {
+    if (type !== 'load') return listen.call(this, type, listener, ...rest);
+    const xhr = this;
+    return listen.call(this, type, function (event) {
+      if (!xhr.__hold) return listener.call(xhr, event);
+      window.__answers.push({
+        status: xhr.status,
+        text: xhr.responseText,
+        deliver: () => listener.call(xhr, event),
+      });
+    }, ...rest);
+  };
+})();
+"""
+
+
+def test_a_late_upload_answer_does_not_roll_the_row_back(
+    page, live_stack, account, tmp_path
+):
+    """The upload's answer (the file as it was queued) arrives only after the events
+    have shown it processed: the row stays as the newer events left it."""
+    page.add_init_script(HOLD_UPLOAD_ANSWERS)
+    sign_in(page, live_stack.base_url, account)
+    file_row = uploaded(page, tmp_path, "late-answer.json", server_4_bytes())
+    expect(file_row.locator("[data-role=anomalies]")).to_have_text("27")
+    shown = int(file_row.get_attribute("data-last-event-id"))
+    answers = page.evaluate("window.__answers.map(a => [a.status, a.text])")
+    assert [status for status, _ in answers] == [201]
+    queued = json.loads(answers[0][1])
+    assert queued["status"] == "queued" and queued["last_event_id"] < shown
+
+    page.evaluate("window.__answers[0].deliver()")
+    expect(page.locator("#uploads .upload-item")).to_have_attribute(
+        "data-state", "done"
+    )
+    page.wait_for_timeout(500)  # time enough for a wrongful fetch and swap
+    expect(file_row.locator("[data-role=status]")).to_have_text("processed")
+    expect(file_row.locator("[data-role=anomalies]")).to_have_text("27")
+    assert int(file_row.get_attribute("data-last-event-id")) == shown
+
+
 def test_phone_layout_is_readable(browser, live_stack, account, tmp_path):
     context = browser.new_context(
         viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
@@ -467,11 +607,7 @@ def test_phone_layout_is_readable(browser, live_stack, account, tmp_path):
     phone = context.new_page()
     try:
         sign_in(phone, live_stack.base_url, account)
-        choose_file(phone, tmp_path, "server_4.json", server_4_bytes())
-        file_row = row(phone, "server_4.json")
-        expect(file_row.locator("[data-role=status]")).to_have_text(
-            "processed", timeout=TIMEOUT_MS
-        )
+        file_row = uploaded(phone, tmp_path, "server_4.json", server_4_bytes())
         # No sideways scrolling: the table turned into one card per file.
         assert phone.evaluate(
             "document.documentElement.scrollWidth <= window.innerWidth"
@@ -523,11 +659,7 @@ def test_falls_back_to_polling_when_websockets_fail(
     expect(page.locator("#conn")).to_have_attribute("data-state", "polling")
     mark_page(page)
 
-    choose_file(page, tmp_path, "polled.json", server_4_bytes())
-    file_row = row(page, "polled.json")
-    expect(file_row.locator("[data-role=status]")).to_have_text(
-        "processed", timeout=TIMEOUT_MS
-    )
+    file_row = uploaded(page, tmp_path, "polled.json", server_4_bytes())
     expect(file_row.locator("[data-role=anomalies]")).to_have_text("27")
     assert_not_reloaded(page)
     screenshot(page, "09-dashboard-polling", full_page=False)

@@ -1,7 +1,9 @@
 """Server-rendered pages: the upload dashboard and a file's results.
 
-A dashboard row has one renderer, `files/_file_row.html`: the first paint, and after
-an event the same row from `file_row`, which the page fetches with htmx and morphs in.
+Each piece of a page is rendered here and only here: when an event changes a file,
+the page fetches the piece again with htmx and morphs it in (a dashboard row from
+`file_row`, the file page's article from `file_page` itself), so the templates are
+the one renderer of what a page shows.
 """
 
 from django.conf import settings
@@ -14,7 +16,7 @@ from django_htmx.middleware import HtmxDetails
 
 from . import selectors
 from .models import METRICS, File
-from .serializers import FileItemSerializer, summary_capped
+from .serializers import summary_capped
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -70,8 +72,6 @@ def file_page(request: HttpRequest, pk: int) -> HttpResponse:
         "files/detail.html",
         {
             "file": file,
-            # The page renders the summary itself; its script reads the status only.
-            "file_json": FileItemSerializer(file).data,
             # The chips and the chart's server choice: as many as one file's
             # resource lists, not all 1,000 names of up to 255 characters.
             "servers": summary_capped(file.summary or {}).get("servers", []),

@@ -5,6 +5,10 @@ through the file input and by drag and drop, watch rows change without a reload,
 the uPlot charts, sort the anomalies, see a broken file's position, survive a restart
 of the web process, and fall back to polling when WebSockets fail. Screenshots go to
 `artifacts/screenshots/`.
+
+What the tests need to look into a page they bring themselves, as init scripts
+(`PAGE_PROBES`), Playwright routes and WebSocket listeners: the pages' scripts keep
+nothing for them.
 """
 
 import json
@@ -88,11 +92,41 @@ def browser(_sync_orm_under_playwright):
         chromium.close()
 
 
+# Run in every page before its own scripts: `window.__loadId`, new at each load
+# (a reload changes it), and `window.__plots`, every uPlot chart the page draws (the
+# charts' data, as a test reads it), caught as the library defines `window.uPlot`.
+PAGE_PROBES = """
+window.__loadId = crypto.randomUUID();
+(() => {
+  const plots = window.__plots = [];
+  let wrapped;
+  Object.defineProperty(window, 'uPlot', {
+    configurable: true,
+    get: () => wrapped,
+    set: (real) => {
+      wrapped = new Proxy(real, {
+        construct(target, args) {
+          const plot = Reflect.construct(target, args);
+          plots.push(plot);
+          return plot;
+        },
+      });
+    },
+  });
+})();
+"""
+
+
+def new_page(browser, **options):
+    context = browser.new_context(**options)
+    context.set_default_timeout(TIMEOUT_MS)
+    context.add_init_script(PAGE_PROBES)
+    return context, context.new_page()
+
+
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    tab = context.new_page()
+    context, tab = new_page(browser, viewport={"width": 1280, "height": 900})
     yield tab
     context.close()
 
@@ -154,6 +188,52 @@ def assert_not_reloaded(page) -> None:
     assert page.evaluate("window.__notReloaded === true"), "the page was reloaded"
 
 
+def chart_figure(page, metric: str):
+    return page.locator(f"figure.chart[data-metric={metric}]")
+
+
+def drawn(figure):
+    """uPlot's drawing in a chart's figure (there once the chart is drawn)."""
+    return figure.locator(".uplot")
+
+
+def drag_across(page, figure) -> None:
+    """Drag the mouse across the middle of a chart, from 20% to 60% of its width."""
+    figure.scroll_into_view_if_needed()
+    box = figure.locator(".u-over").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(
+        box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2, steps=8
+    )
+    page.mouse.up()
+
+
+def zoom_reset(figure):
+    """The chart's "Reset zoom" button: visible while it is zoomed in."""
+    return figure.get_by_role("button", name="Reset zoom")
+
+
+# The chart a figure shows now: its buckets (uPlot's columns: time, min, max, mean,
+# above the range, below it), read from the plots PAGE_PROBES caught.
+CHART = """(metric) => {
+  const plot = window.__plots.filter(p => p.root.isConnected
+    && p.root.closest('figure').dataset.metric === metric).pop();
+  if (!plot) return null;
+  const [xs, , , means, above, below] = plot.data;
+  return {
+    points: xs.length,
+    marks: xs.filter((x, i) => above[i] !== null || below[i] !== null).length,
+    above: above.filter(v => v !== null),
+    means,
+  };
+}"""
+
+
+def chart(page, metric: str) -> dict:
+    return page.evaluate(CHART, metric)
+
+
 # --- scenarios --------------------------------------------------------------------
 
 
@@ -170,20 +250,19 @@ def test_upload_is_processed_live_and_charted(page, live_stack, account, tmp_pat
     screenshot(page, "01-dashboard-processed")
 
     file_row.locator("[data-role=name]").click()
-    cpu = page.locator("figure.chart[data-metric=cpu_usage]")
-    expect(cpu).to_have_attribute("data-state", "drawn")
-    expect(page.locator("figure.chart[data-state=drawn]")).to_have_count(7)
+    cpu = chart_figure(page, "cpu_usage")
+    expect(drawn(cpu)).to_have_count(1)
+    expect(page.locator("figure.chart .uplot")).to_have_count(7)
     expect(cpu.locator(".uplot canvas")).to_have_count(1)
     # Nine one-record buckets, every one of them above cpu_usage's 0-85 range.
-    expect(cpu).to_have_attribute("data-points", "9")
-    expect(cpu).to_have_attribute("data-anomaly-marks", "9")
-    expect(page.locator("figure.chart[data-metric=disk_read]")).to_have_attribute(
-        "data-anomaly-marks", "2"
-    )
-    drawn = page.evaluate(
+    cpu_chart = chart(page, "cpu_usage")
+    assert cpu_chart["points"] == 9
+    assert cpu_chart["marks"] == 9
+    assert chart(page, "disk_read")["marks"] == 2
+    pixels = page.evaluate(
         """() => {
-          const chart = DwellFi.charts.find(c => c.metric === 'cpu_usage');
-          const canvas = chart.figure.querySelector('canvas');
+          const canvas = document.querySelector(
+            'figure.chart[data-metric=cpu_usage] canvas');
           const pixels = canvas.getContext('2d')
             .getImageData(0, 0, canvas.width, canvas.height).data;
           let painted = 0, red = 0;
@@ -192,33 +271,25 @@ def test_upload_is_processed_live_and_charted(page, live_stack, account, tmp_pat
             if (pixels[i + 3] > 200 && pixels[i] > 150 && pixels[i + 1] < 90
                 && pixels[i + 2] < 90) red++;
           }
-          const marks = chart.plot.data[4].filter(v => v !== null);
-          return {painted, red, marks, means: chart.plot.data[3]};
+          return {painted, red};
         }"""
     )
-    assert drawn["painted"] > 1000
-    assert drawn["red"] > 50, "the anomaly marks are not drawn"
-    assert drawn["marks"] == [187, 276, 700, 320, 630, 340, 350, 860, 92]
-    assert drawn["means"][0] == 187
+    assert pixels["painted"] > 1000
+    assert pixels["red"] > 50, "the anomaly marks are not drawn"
+    assert cpu_chart["above"] == [187, 276, 700, 320, 630, 340, 350, 860, 92]
+    assert cpu_chart["means"][0] == 187
     anomalies = page.locator("#anomalies-table tbody tr")
     expect(anomalies).to_have_count(27)
     screenshot(page, "02-file-page-charts")
     cpu.screenshot(path=str(SCREENSHOTS / "02b-cpu-chart.png"))
 
     # Drag across the chart: uPlot zooms in and offers a reset.
-    box = cpu.locator(".u-over").bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] / 2)
-    page.mouse.down()
-    page.mouse.move(
-        box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2, steps=8
-    )
-    page.mouse.up()
-    expect(cpu).to_have_attribute("data-zoomed", "true")
-    reset = cpu.get_by_role("button", name="Reset zoom")
+    drag_across(page, cpu)
+    reset = zoom_reset(cpu)
     expect(reset).to_be_visible()
     screenshot(page, "03-chart-zoomed", full_page=False)
     reset.click()
-    expect(cpu).to_have_attribute("data-zoomed", "false")
+    expect(reset).to_be_hidden()
 
     # The anomalies sort by value, both ways.
     page.locator("#anomalies-table thead a[data-sort=value]").click()
@@ -370,30 +441,32 @@ def test_zooming_by_keyboard_fetches_finer_points(page, live_stack, account, tmp
     file_row = long_series_processed(page, live_stack, account, tmp_path, "long.json")
     expect(file_row.locator("[data-role=anomalies]")).to_have_text("30")
     file_row.locator("[data-role=name]").click()
-    cpu = page.locator("figure.chart[data-metric=cpu_usage]")
-    expect(cpu).to_have_attribute("data-state", "drawn")
-    coarse = int(cpu.get_attribute("data-points"))
+    cpu = chart_figure(page, "cpu_usage")
+    expect(drawn(cpu)).to_have_count(1)
+    coarse = chart(page, "cpu_usage")["points"]
     assert 50 <= coarse < 3000
     # Each of the 30 spikes is in a bucket of its own whose max is beyond the range.
-    expect(cpu).to_have_attribute("data-anomaly-marks", "30")
+    assert chart(page, "cpu_usage")["marks"] == 30
 
     cpu.locator("[data-role=chart-canvas]").focus()
     for _ in range(4):
         page.keyboard.press("+")
-    expect(cpu).to_have_attribute("data-zoomed", "true")
+    expect(zoom_reset(cpu)).to_be_visible()
     page.wait_for_function(
-        "([metric, coarse]) => DwellFi.charts.find(c => c.metric === metric)"
-        ".data.points > coarse",
+        f"([metric, coarse]) => ({CHART})(metric).points > coarse",
         arg=["cpu_usage", coarse],
     )
     # Every chart zoomed with it, and the view kept its range while refining (each
     # chart refines on its own request: wait for the last one to be drawn).
     page.wait_for_function(
-        "DwellFi.charts.every(c => c.figure.dataset.zoomed === 'true' && !c.fetching)"
+        """() => [...document.querySelectorAll('figure.chart')].every(figure =>
+             !figure.querySelector('[data-role=chart-reset]').hidden
+             && figure.querySelector('[data-role=chart-canvas]')
+                  .getAttribute('aria-busy') === 'false')"""
     )
     screenshot(page, "13-zoomed-finer-points", full_page=False)
     page.keyboard.press("0")
-    expect(cpu).to_have_attribute("data-zoomed", "false")
+    expect(zoom_reset(cpu)).to_be_hidden()
 
 
 def test_a_chart_that_loads_after_a_zoom_joins_it(page, live_stack, account, tmp_path):
@@ -404,17 +477,17 @@ def test_a_chart_that_loads_after_a_zoom_joins_it(page, live_stack, account, tmp
         lambda route: held.append(route) if not held else route.continue_(),
     )
     file_row.locator("[data-role=name]").click()
-    cpu = page.locator("figure.chart[data-metric=cpu_usage]")
-    late = page.locator("figure.chart[data-metric=disk_write]")
-    expect(cpu).to_have_attribute("data-state", "drawn")
+    cpu = chart_figure(page, "cpu_usage")
+    late = chart_figure(page, "disk_write")
+    expect(drawn(cpu)).to_have_count(1)
     cpu.locator("[data-role=chart-canvas]").focus()
     page.keyboard.press("+")
-    expect(cpu).to_have_attribute("data-zoomed", "true")
-    assert late.get_attribute("data-state") != "drawn" and len(held) == 1
+    expect(zoom_reset(cpu)).to_be_visible()
+    assert drawn(late).count() == 0 and len(held) == 1
 
     held[0].continue_()
-    expect(late).to_have_attribute("data-state", "drawn")
-    expect(late).to_have_attribute("data-zoomed", "true")
+    expect(drawn(late)).to_have_count(1)
+    expect(zoom_reset(late)).to_be_visible()
 
 
 def test_file_page_actions_give_live_feedback(page, live_stack, account, tmp_path):
@@ -432,10 +505,11 @@ def test_file_page_actions_give_live_feedback(page, live_stack, account, tmp_pat
     mark_page(page)
     page.get_by_role("button", name="Process again").click()
     expect(page.locator(".toast", has_text="Queued again")).to_be_visible()
-    # The page reloads itself with the new results once processing is over.
-    page.wait_for_function("window.__notReloaded !== true")
-    expect(status).to_have_text("processed")
+    # The new results are shown in place once processing is over: no reload.
     expect(page.locator(".toast", has_text="File processed")).to_be_visible()
+    expect(status).to_have_text("processed")
+    expect(page.locator("figure.chart .uplot")).to_have_count(7)
+    assert_not_reloaded(page)
 
     # Replace: a broken version, uploaded with PUT, fails with its position.
     broken = tmp_path / "actions-v2.json"
@@ -445,6 +519,8 @@ def test_file_page_actions_give_live_feedback(page, live_stack, account, tmp_pat
     expect(page.locator("h1[data-role=name]")).to_have_text("actions-v2.json")
     expect(page.locator("[data-role=error-line]")).to_have_text("13")
     expect(status).to_have_text("failed")
+    expect(page).to_have_title("actions-v2.json · DwellFi")
+    assert_not_reloaded(page)
     screenshot(page, "12-file-page-replaced", full_page=False)
 
     page.once("dialog", lambda dialog: dialog.accept())
@@ -483,6 +559,38 @@ def processed_file(owner, name: str) -> File:
         what=f"processing {name}",
     )
     return File.objects.get(pk=file.pk)
+
+
+def test_an_outcome_updates_the_file_page_in_place(page, live_stack, account):
+    """Processed again under a wider cpu_usage range: the status, the summary, the
+    anomalies table and the charts change in place, the page never reloads (its load
+    id survives), and the new charts zoom."""
+    file = processed_file(account, "in-place.json")
+    sign_in(page, live_stack.base_url, account)
+    page.goto(f"{live_stack.base_url}{file.get_absolute_url()}")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "connected")
+    cpu = chart_figure(page, "cpu_usage")
+    expect(drawn(cpu)).to_have_count(1)
+    assert chart(page, "cpu_usage")["marks"] == 9
+    expect(page.locator("#anomalies-table tbody tr")).to_have_count(27)
+    load_id = page.evaluate("window.__loadId")
+
+    AnomalyRule.objects.filter(metric="cpu_usage").update(max_value=1000)
+    page.get_by_role("button", name="Process again").click()
+    expect(page.locator(".toast", has_text="File processed")).to_be_visible()
+    expect(page.locator("#summary [data-role=anomalies]")).to_have_text("18")
+    expect(page.locator("#anomalies-table tbody tr")).to_have_count(18)
+    expect(page.locator("#summary [data-role=status]")).to_have_text("processed")
+    expect(drawn(cpu)).to_have_count(1)
+    page.wait_for_function(
+        f"() => ({CHART})('cpu_usage')?.points === 9"
+        f" && ({CHART})('cpu_usage').marks === 0"
+    )
+    assert page.evaluate("window.__loadId") == load_id, "the page was reloaded"
+
+    drag_across(page, cpu)
+    expect(zoom_reset(cpu)).to_be_visible()
+    screenshot(page, "14-file-page-updated-in-place", full_page=False)
 
 
 def test_an_event_updates_the_row_in_place_with_the_servers_partial(
@@ -600,11 +708,9 @@ def test_a_late_upload_answer_does_not_roll_the_row_back(
 
 
 def test_phone_layout_is_readable(browser, live_stack, account, tmp_path):
-    context = browser.new_context(
-        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    context, phone = new_page(
+        browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
     )
-    context.set_default_timeout(TIMEOUT_MS)
-    phone = context.new_page()
     try:
         sign_in(phone, live_stack.base_url, account)
         file_row = uploaded(phone, tmp_path, "server_4.json", server_4_bytes())
@@ -616,9 +722,7 @@ def test_phone_layout_is_readable(browser, live_stack, account, tmp_path):
         phone.locator("#files-table").scroll_into_view_if_needed()
         screenshot(phone, "07b-phone-dashboard-files", full_page=False)
         file_row.locator("[data-role=name]").click()
-        expect(phone.locator("figure.chart[data-metric=cpu_usage]")).to_have_attribute(
-            "data-state", "drawn"
-        )
+        expect(drawn(chart_figure(phone, "cpu_usage"))).to_have_count(1)
         assert phone.evaluate(
             "document.documentElement.scrollWidth <= window.innerWidth"
         )

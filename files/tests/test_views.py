@@ -197,6 +197,8 @@ def test_the_file_page_has_a_chart_per_metric_and_the_actions(client, user, rule
     page = client.get(file.get_absolute_url()).content.decode()
     assert len(re.findall(r'<figure class="chart" id="chart-\w+"', page)) == 7
     assert "vendor/uplot/uPlot.iife.min.js" in page
+    # A refresh of the page (htmx's morph) keeps each chart as it is drawn.
+    assert len(re.findall(r"<figure [^>]*hx-morph-skip>", page)) == 7
     assert "vendor/htmx/htmx.min.js" in page
     for action in (
         'id="download"',

@@ -73,6 +73,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # request.htmx: whether a request is htmx's (the pages' fragments, `files.views`).
+    "django_htmx.middleware.HtmxMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes requires: answers a locked-out sign-in with its 429.
     "axes.middleware.AxesMiddleware",
@@ -252,8 +254,9 @@ STATIC_URL = "/static/"
 STATIC_ROOT = env.path("DWELLFI_STATIC_ROOT", default=BASE_DIR / "staticfiles")
 STATICFILES_DIRS = [
     BASE_DIR / "static",
-    # uPlot, installed from the npm registry by `npm ci` (package-lock.json).
+    # uPlot and htmx, installed from the npm registry by `npm ci` (package-lock.json).
     ("vendor/uplot", BASE_DIR / "node_modules/uplot/dist"),
+    ("vendor/htmx", BASE_DIR / "node_modules/htmx.org/dist"),
 ]
 _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 if env.str("DWELLFI_S3_BUCKET", default=""):

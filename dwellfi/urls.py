@@ -12,6 +12,7 @@ from files.api.urls import api_urlpatterns, seed_urlpatterns
 urlpatterns = [
     path("", pages.home, name="home"),
     path("f/<int:pk>/", pages.file_page, name="file-page"),
+    path("f/<int:pk>/row/", pages.file_row, name="file-row"),
     path("healthz", health.healthz, name="healthz"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -1,14 +1,29 @@
-"""Server-rendered pages: the upload dashboard and a file's results."""
+"""Server-rendered pages: the upload dashboard and a file's results.
+
+Each piece of a page is rendered here and only here: when an event changes a file,
+the page fetches the piece again with htmx and morphs it in (a dashboard row from
+`file_row`, the file page's article from `file_page` itself), so the templates are
+the one renderer of what a page shows.
+"""
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.utils.cache import patch_vary_headers
+from django_htmx.middleware import HtmxDetails
 
 from . import selectors
 from .models import METRICS, File
-from .serializers import FileItemSerializer, summary_capped
+from .serializers import summary_capped
+
+
+class HtmxHttpRequest(HttpRequest):
+    """A request through django-htmx's middleware (for type checkers)."""
+
+    htmx: HtmxDetails
+
 
 PAGE_SIZE = 50
 
@@ -29,7 +44,6 @@ def home(request: HttpRequest) -> HttpResponse:
         "files/home.html",
         {
             "files": files,
-            "files_json": FileItemSerializer(files.object_list, many=True).data,
             "filters": filters,
             "filtered": any(filters.values()),
             "statuses": File.Status.values,
@@ -58,8 +72,6 @@ def file_page(request: HttpRequest, pk: int) -> HttpResponse:
         "files/detail.html",
         {
             "file": file,
-            # The page renders the summary itself; its script reads the status only.
-            "file_json": FileItemSerializer(file).data,
             # The chips and the chart's server choice: as many as one file's
             # resource lists, not all 1,000 names of up to 255 characters.
             "servers": summary_capped(file.summary or {}).get("servers", []),
@@ -70,6 +82,22 @@ def file_page(request: HttpRequest, pk: int) -> HttpResponse:
             "last_event_id": selectors.last_event_id(user=request.user),
         },
     )
+
+
+@login_required
+def file_row(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """One row of the dashboard's table, for the page to show a file again."""
+    file = selectors.file_get(user=request.user, file_id=pk)
+    if file is None:
+        raise Http404("No such file.")
+    # A person who opens the address gets the file's page, not a bare table row.
+    response = (
+        render(request, "files/_file_row.html", {"file": file})
+        if request.htmx
+        else redirect(file)
+    )
+    patch_vary_headers(response, ("HX-Request",))
+    return response
 
 
 def _charted_metrics(file: File) -> list[str]:

@@ -144,6 +144,30 @@ def test_the_dashboard_paginates_keeping_the_filters(client, user, rules, settin
     assert not set(row_ids(first)) & set(row_ids(second))
 
 
+def test_a_row_is_the_dashboards_partial_for_htmx_and_a_redirect_for_a_person(
+    client, user, other_user, rules
+):
+    mine = processed(user, server_4_bytes())
+    theirs = processed(other_user, server_4_bytes())
+    client.force_login(user)
+
+    fragment = client.get(f"/f/{mine.pk}/row/", headers={"HX-Request": "true"})
+    assert fragment.status_code == 200 and "HX-Request" in fragment["Vary"]
+    row = fragment.content.decode().strip()
+    assert row_ids(row) == [mine.pk]
+    # The very row of the first paint: one template renders both.
+    page = client.get("/").content.decode()
+    assert row in page
+    assert "files-data" not in page and "<template" not in page
+
+    person = client.get(f"/f/{mine.pk}/row/")
+    assert person.status_code == 302
+    assert person["Location"] == mine.get_absolute_url()
+    assert "HX-Request" in person["Vary"]
+    theirs_row = client.get(f"/f/{theirs.pk}/row/", headers={"HX-Request": "true"})
+    assert theirs_row.status_code == 404
+
+
 def anomaly_values(page: str) -> list[str]:
     table = page.split('id="anomalies-table"', 1)[1].split("</table>", 1)[0]
     return re.findall(r'<td class="num strong">([^<]+)</td>', table)
@@ -173,6 +197,9 @@ def test_the_file_page_has_a_chart_per_metric_and_the_actions(client, user, rule
     page = client.get(file.get_absolute_url()).content.decode()
     assert len(re.findall(r'<figure class="chart" id="chart-\w+"', page)) == 7
     assert "vendor/uplot/uPlot.iife.min.js" in page
+    # A refresh of the page (htmx's morph) keeps each chart as it is drawn.
+    assert len(re.findall(r"<figure [^>]*hx-morph-skip>", page)) == 7
+    assert "vendor/htmx/htmx.min.js" in page
     for action in (
         'id="download"',
         'id="reprocess"',
@@ -193,13 +220,17 @@ def test_the_file_page_lists_validation_errors_with_pointers(client, user, rules
     assert "1 record skipped" in page
 
 
-def test_the_charting_library_is_served_as_a_static_file(client):
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [("vendor/uplot/uPlot.iife.min.js", "uPlot"), ("vendor/htmx/htmx.min.js", "htmx")],
+)
+def test_the_browser_libraries_are_served_as_static_files(client, path, name):
     from django.contrib.staticfiles import finders
 
-    found = finders.find("vendor/uplot/uPlot.iife.min.js")
-    assert found, "node_modules/uplot missing: run `npm ci` (make does)"
+    found = finders.find(path)
+    assert found, f"node_modules missing {path}: run `npm ci` (make does)"
     with open(found, encoding="utf-8") as script:
-        assert "uPlot" in script.read(2000)
+        assert name in script.read(2000)
 
 
 def test_sign_in_and_sign_out(client, user):

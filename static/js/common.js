@@ -1,5 +1,8 @@
-/* DwellFi shared helpers: formatting, CSRF, JSON data from templates, toasts.
- * Everything inserted into the DOM goes through textContent, never innerHTML. */
+/* DwellFi shared helpers: formatting, CSRF, JSON data from templates, toasts, and
+ * showing a file again (its server-rendered fragment fetched and morphed in by htmx,
+ * or its progress moved by a `file.progress` message).
+ * Everything this code inserts into the DOM goes through textContent, never
+ * innerHTML; what htmx inserts is the server's own rendering. */
 (function () {
   'use strict';
 
@@ -32,46 +35,36 @@
     return n.toFixed(1) + nbsp + units[i];
   };
 
-  /** A failure as one line, like the server's File.error_text. */
-  D.formatError = function (error) {
-    if (!error) return '';
-    if (typeof error === 'string') return error;
-    var where = [];
-    if (error.line !== null && error.line !== undefined) {
-      where.push('line ' + error.line + ', column ' + error.column);
-    }
-    if (error.offset !== null && error.offset !== undefined) {
-      where.push('byte offset ' + error.offset);
-    }
-    if (error.pointer) where.push('at ' + error.pointer);
-    var message = error.message || '';
-    return where.length ? message + ' (' + where.join('; ') + ')' : message;
-  };
-
-  function pad(n) { return (n < 10 ? '0' : '') + n; }
+  /** A number of two digits at least: 7 -> "07". */
+  var pad = D.pad = function (n) { return (n < 10 ? '0' : '') + n; };
 
   /** An ISO timestamp as local "YYYY-MM-DD HH:MM" (with seconds when asked). */
-  D.formatTime = function (iso, withSeconds) {
+  function formatTime(iso, withSeconds) {
     if (!iso) return '';
     var d = new Date(iso);
     if (isNaN(d.getTime())) return String(iso);
     var text = d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) +
       ' ' + pad(d.getHours()) + ':' + pad(d.getMinutes());
     return withSeconds ? text + ':' + pad(d.getSeconds()) : text;
-  };
+  }
 
-  /** Show a server-rendered or new <time datetime> in the browser's time zone. */
-  D.localizeTime = function (timeEl, withSeconds) {
-    var iso = timeEl.getAttribute('datetime');
-    if (!iso) return;
-    timeEl.textContent = D.formatTime(iso, withSeconds);
-    timeEl.title = new Date(iso).toString();
-  };
+  /** Show the server's <time datetime data-localize> under `root` in the browser's time zone. */
+  function localizeTimes(root) {
+    root.querySelectorAll('time[datetime][data-localize]').forEach(function (el) {
+      var iso = el.getAttribute('datetime');
+      el.textContent = formatTime(iso, el.dataset.localize === 'seconds');
+      el.title = new Date(iso).toString();
+    });
+  }
+
+  /** A progress as a fraction within 0..1 (anything else, or nothing, is 0). */
+  function clamp(value) {
+    return Math.min(Math.max(Number(value) || 0, 0), 1);
+  }
 
   /** A percentage 0..100 from a 0..1 fraction. */
   D.percent = function (fraction) {
-    var f = Math.min(Math.max(Number(fraction) || 0, 0), 1);
-    return Math.round(f * 100);
+    return Math.round(clamp(fraction) * 100);
   };
 
   /** The `detail` of a JSON error response, or a sensible message for its status. */
@@ -112,6 +105,94 @@
       return { ok: false, status: 0, data: null, text: '' };
     });
   };
+
+  // --- showing a file again ------------------------------------------------------------
+
+  function eventId(value) {
+    return value === null || value === undefined || value === '' ? null : Number(value);
+  }
+
+  /**
+   * Whether `lastEventId` (a file's last durable event) is older than what `el`
+   * shows (its `data-last-event-id`): what it describes is stale, and showing it
+   * would roll the element back (a late upload response, a late progress message).
+   */
+  D.isStale = function (el, lastEventId) {
+    var shown = eventId(el.dataset.lastEventId);
+    var given = eventId(lastEventId);
+    return shown !== null && given !== null && given < shown;
+  };
+
+  /** Whether `lastEventId` is news to `el`: newer than what it shows, or either unknown. */
+  D.isNewer = function (el, lastEventId) {
+    var shown = eventId(el.dataset.lastEventId);
+    var given = eventId(lastEventId);
+    return shown === null || given === null || given > shown;
+  };
+
+  function statusMessage(status, fraction) {
+    if (status === 'processing') return D.percent(fraction) + '% done';
+    if (status === 'queued') return 'Waiting for a worker';
+    return '';
+  }
+
+  /**
+   * Apply a `file.progress` message to what `el` (a row, the file page) shows: the
+   * status badge, the progress bar and, where it has them, the status line and the
+   * attempts; nothing else, and nothing at all from a stale message.
+   */
+  D.showProgress = function (el, message) {
+    if (D.isStale(el, message.last_event_id)) return;
+    var fraction = clamp(message.progress);
+    el.dataset.status = message.status;
+    var part = function (name) { return el.querySelector('[data-role="' + name + '"]'); };
+    var badge = part('status');
+    badge.className = 'badge badge--' + message.status;
+    badge.textContent = message.status;
+    var bar = part('progress');
+    bar.value = fraction;
+    bar.textContent = bar.title = D.percent(fraction) + '%';
+    var line = part('status-message');
+    if (line) line.textContent = statusMessage(message.status, fraction);
+    var attempts = part('attempts');
+    if (attempts && message.attempts !== undefined) attempts.textContent = String(message.attempts);
+  };
+
+  /**
+   * Show `el` (an element with an id: a row, the file page's article) as the server
+   * renders it now: htmx fetches `url`, takes the element with that id from the
+   * answer and morphs it in, so the element and whatever in it did not change stay
+   * (focus, a drawn chart). htmx runs one request per element at a time and keeps
+   * one more waiting, which fetches after the answer before it: a burst of events
+   * costs two requests, and the last answer is the newest.
+   */
+  D.refresh = function (el, url) {
+    if (!window.htmx) return; // the library did not load: the page stays as it is
+    window.htmx.ajax('GET', url, { source: el, target: el, select: '#' + CSS.escape(el.id), swap: 'outerMorph' });
+  };
+
+  // Every refresh's answer, before htmx swaps it in: only the element asked for, and
+  // never one older than what the page shows. An error page (or the sign-in page a
+  // lapsed session is sent to) is not swapped in; a 404 says the file is gone, and
+  // the element hears `dwellfi:gone`.
+  document.addEventListener('htmx:before:swap', function (event) {
+    var ctx = event.detail.ctx;
+    var target = ctx.target;
+    var main = event.detail.tasks.filter(function (task) { return task.type === 'main'; })[0];
+    var incoming = main && main.fragment.firstElementChild;
+    if (ctx.response.status === 404) {
+      event.preventDefault();
+      target.dispatchEvent(new CustomEvent('dwellfi:gone', { bubbles: true }));
+    } else if (ctx.response.status >= 400 || !incoming || incoming.id !== target.id ||
+               D.isStale(target, incoming.dataset.lastEventId)) {
+      event.preventDefault();
+    }
+  });
+
+  // A morphed-in fragment comes with the server's UTC times: show them in local time.
+  document.addEventListener('htmx:after:swap', function (event) {
+    localizeTimes(event.detail.ctx.target);
+  });
 
   // --- toasts ----------------------------------------------------------------------
 
@@ -215,9 +296,7 @@
   }
 
   function start() {
-    document.querySelectorAll('time[datetime][data-localize]').forEach(function (el) {
-      D.localizeTime(el, el.dataset.localize === 'seconds');
-    });
+    localizeTimes(document);
     restoreToasts();
   }
 

@@ -1,14 +1,18 @@
 /* DwellFi file page: live status, the actions (download, process again, replace,
- * delete) and a uPlot chart per metric fed by the downsampling endpoint. */
+ * delete) and a uPlot chart per metric fed by the downsampling endpoint.
+ *
+ * What an event changes is the server's to render: an event about this file, or
+ * an action's answer, has the page fetched again and its article morphed in
+ * (common.js `DwellFi.refresh`) — status, summary, failure, metrics, anomalies and
+ * errors — with no reload. A chart still there keeps its drawing and zoom
+ * (`hx-morph-skip` on its figure) and loads its data again when the file's content
+ * changed; a `file.progress` message moves the status and progress only. */
 (function () {
   'use strict';
 
   var D = window.DwellFi;
-  var FINAL = { processed: true, failed: true };
-  var RELOAD_DELAY = 800; // lets the notification that follows an outcome arrive first
 
-  var article, file, apiUrl, homeUrl;
-  var reloading = false;
+  var article, apiUrl, homeUrl;
   var gone = false;
 
   // --- live status ---------------------------------------------------------------
@@ -17,80 +21,39 @@
     return article.querySelector('[data-role="' + name + '"]');
   }
 
-  function statusMessage(resource, message) {
-    if (resource.status === 'processing') return D.percent(resource.progress) + '% done';
-    if (resource.status === 'queued') return 'Waiting for a worker';
-    return message || '';
+  function fileId() {
+    return Number(article.dataset.fileId);
   }
 
-  function renderStatus(resource, message) {
-    article.dataset.status = resource.status;
-    if (resource.last_event_id !== null && resource.last_event_id !== undefined) {
-      article.dataset.lastEventId = String(resource.last_event_id);
-    }
-    var badge = role('status');
-    badge.className = 'badge badge--' + resource.status;
-    badge.textContent = resource.status;
-
-    var progress = role('progress');
-    var fraction = resource.status === 'processed' ? 1 : Math.min(Math.max(Number(resource.progress) || 0, 0), 1);
-    progress.value = fraction;
-    progress.textContent = D.percent(fraction) + '%';
-
-    role('status-message').textContent = statusMessage(resource, message);
-    if (resource.attempts !== undefined) role('attempts').textContent = String(resource.attempts);
-    article.classList.toggle('is-stale', !FINAL[resource.status]);
+  function fileName() {
+    return role('name').textContent;
   }
 
-  function isStale(resource) {
-    var shown = article.dataset.lastEventId;
-    return shown !== '' && shown !== undefined && resource.last_event_id !== null &&
-      resource.last_event_id !== undefined && Number(resource.last_event_id) < Number(shown);
-  }
-
-  function reloadOnce() {
-    if (reloading) return;
-    reloading = true;
-    role('status-message').textContent = 'Loading the results…';
-    window.setTimeout(D.reloadKeepingToasts, RELOAD_DELAY);
+  /** Show the file as the server has it now, unless `lastEventId` is no news. */
+  function refresh(lastEventId) {
+    if (D.isNewer(article, lastEventId)) D.refresh(article, location.pathname + location.search);
   }
 
   function fileGone() {
     if (gone) return;
     gone = true;
     article.querySelectorAll('.actions button').forEach(function (b) { b.disabled = true; });
-    D.toast({ title: 'File deleted', description: file.name + ' no longer exists. Back to your files…', kind: 'warning' });
+    D.toast({ title: 'File deleted', description: fileName() + ' no longer exists. Back to your files…', kind: 'warning' });
     window.setTimeout(function () { window.location.assign(homeUrl); }, 1500);
   }
 
   function onMessage(message) {
-    if (message.type === 'snapshot') {
-      (message.files || []).forEach(function (f) {
-        if (f.id === file.id && !isStale(f)) renderStatus(f);
-      });
-      return;
-    }
-    if (Number(message.file_id) !== file.id) return;
+    if (Number(message.file_id) !== fileId()) return;
     if (message.type === 'file.deleted') {
       fileGone();
       return;
     }
-    var resource;
     if (message.type === 'file.progress') {
       // Tiny: no resource, only the fields the status line shows.
-      resource = { status: message.status, progress: message.progress,
-                   attempts: message.attempts, last_event_id: message.last_event_id };
-    } else if (message.file && typeof message.file === 'object') {
-      resource = Object.assign({}, message.file);
-    } else {
+      D.showProgress(article, message);
       return;
     }
-    if (message.status) resource.status = message.status;
-    if (typeof message.progress === 'number') resource.progress = message.progress;
-    if (isStale(resource)) return;
-    renderStatus(resource, message.status_message);
-    // A durable event with a final status is an outcome this page has not shown.
-    if (message.id !== undefined && message.id !== null && FINAL[resource.status]) reloadOnce();
+    if (message.file && typeof message.file === 'object') refresh(message.file.last_event_id);
   }
 
   // --- actions ---------------------------------------------------------------------
@@ -104,6 +67,7 @@
   function reprocess(event) {
     var button = event.currentTarget;
     var label = button.textContent;
+    var name = fileName();
     setBusy(button, true, 'Queuing…');
     D.api('POST', apiUrl + 'reprocess/').then(function (result) {
       setBusy(button, false, label);
@@ -111,16 +75,15 @@
         D.toast({ title: 'Could not process again', description: D.errorMessage(result.status, result.text), kind: 'error' });
         return;
       }
-      var resource = result.data && result.data.id === file.id ? result.data
-        : Object.assign({}, file, { status: 'queued', progress: 0, last_event_id: null });
-      if (!isStale(resource)) renderStatus(resource);
-      D.toast({ title: 'Queued again', description: file.name + ' will be processed again; this page updates when it is done.' });
+      refresh(result.data && result.data.last_event_id);
+      D.toast({ title: 'Queued again', description: name + ' will be processed again; this page updates when it is done.' });
     });
   }
 
   function remove(event) {
     var button = event.currentTarget;
-    if (!window.confirm('Delete \u201c' + file.name + '\u201d? Its results and stored bytes are removed too. This cannot be undone.')) {
+    var name = fileName();
+    if (!window.confirm('Delete \u201c' + name + '\u201d? Its results and stored bytes are removed too. This cannot be undone.')) {
       return;
     }
     var label = button.textContent;
@@ -128,7 +91,7 @@
     D.api('DELETE', apiUrl).then(function (result) {
       if (result.ok || result.status === 404) {
         gone = true;
-        D.stashToast({ title: 'File deleted', description: file.name + ' and its results were deleted.', kind: 'success' });
+        D.stashToast({ title: 'File deleted', description: name + ' and its results were deleted.', kind: 'success' });
         window.location.assign(homeUrl);
         return;
       }
@@ -151,41 +114,24 @@
     label.setAttribute('aria-disabled', 'true');
     message.textContent = 'Uploading ' + chosen.name + '…';
 
-    var xhr = new XMLHttpRequest();
-    xhr.open('PUT', apiUrl);
-    xhr.setRequestHeader('X-CSRFToken', D.csrfToken());
-    xhr.setRequestHeader('Accept', 'application/json');
-    xhr.upload.addEventListener('progress', function (event) {
-      if (!event.lengthComputable || !event.total) return;
-      message.textContent = 'Uploading ' + chosen.name + '… ' + D.percent(event.loaded / event.total) + '%';
-    });
-    function finish() {
+    D.upload(chosen, {
+      method: 'PUT',
+      url: apiUrl,
+      onProgress: function (fraction) {
+        message.textContent = 'Uploading ' + chosen.name + '… ' + D.percent(fraction) + '%';
+      }
+    }).then(function (result) {
       input.disabled = false;
       label.removeAttribute('aria-disabled');
-    }
-    xhr.addEventListener('load', function () {
-      finish();
-      var data = null;
-      try { data = JSON.parse(xhr.responseText); } catch (e) { data = null; }
-      if (xhr.status !== 200 || !data || data.id !== file.id) {
+      var data = result.data;
+      if (result.status !== 200 || !data || data.id !== fileId()) {
         message.textContent = '';
-        D.toast({ title: 'Could not replace', description: D.errorMessage(xhr.status, xhr.responseText), kind: 'error' });
+        D.toast({ title: 'Could not replace', description: D.errorMessage(result.status, result.text), kind: 'error' });
         return;
       }
-      file.name = data.name;
-      role('name').textContent = data.name;
-      document.title = data.name + ' · DwellFi';
-      if (!isStale(data)) renderStatus(data);
+      refresh(data.last_event_id);
       D.toast({ title: 'Replaced', description: data.name + ' is being processed again; this page updates when it is done.' });
     });
-    xhr.addEventListener('error', function () {
-      finish();
-      message.textContent = '';
-      D.toast({ title: 'Could not replace', description: D.errorMessage(0, ''), kind: 'error' });
-    });
-    var body = new FormData();
-    body.append('file', chosen, chosen.name);
-    xhr.send(body);
   }
 
   // --- charts (uPlot) ----------------------------------------------------------------
@@ -194,7 +140,6 @@
   var MIN_VISIBLE_POINTS = 40;  // fewer buckets than this in a zoomed view: fetch finer ones
   var charts = [];
   var sharedZoom = null;  // the x range every chart shows when zoomed, else null
-  D.charts = charts;
 
   function cssVar(name, fallback) {
     var value = window.getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -229,14 +174,12 @@
     return String(Number(Number(v).toPrecision(4)));
   }
 
-  function pad(n) { return (n < 10 ? '0' : '') + n; }
-
   /** A time (seconds) in UTC, as precise as the axis step (s) needs; in full without. */
   function utc(ts, step) {
     var d = new Date(ts * 1000);
-    var date = d.getUTCFullYear() + '-' + pad(d.getUTCMonth() + 1) + '-' + pad(d.getUTCDate());
-    var time = pad(d.getUTCHours()) + ':' + pad(d.getUTCMinutes());
-    var seconds = ':' + pad(d.getUTCSeconds());
+    var date = d.getUTCFullYear() + '-' + D.pad(d.getUTCMonth() + 1) + '-' + D.pad(d.getUTCDate());
+    var time = D.pad(d.getUTCHours()) + ':' + D.pad(d.getUTCMinutes());
+    var seconds = ':' + D.pad(d.getUTCSeconds());
     if (step === undefined) return date + ' ' + time + seconds + ' UTC';
     if (step < 60) return time + seconds;
     if (step < 86400) return time;
@@ -253,7 +196,6 @@
     p.className = 'muted';
     p.textContent = text;
     chart.canvas.appendChild(p);
-    chart.figure.dataset.state = 'empty';
   }
 
   /**
@@ -382,9 +324,6 @@
       chart.plot = new uPlot(options(chart, hasRule), aligned(cols, hasRule), chart.canvas);
       if (zoom) chart.plot.setScale('x', zoom);
     }
-    chart.figure.dataset.state = 'drawn';
-    chart.figure.dataset.points = String(cols.x.length);
-    chart.figure.dataset.anomalyMarks = String(cols.marks);
     describe(chart, data, cols);
   }
 
@@ -429,7 +368,6 @@
     var reset = chart.figure.querySelector('[data-role="chart-reset"]');
     var zoomedIn = isZoomed(chart);
     reset.hidden = !zoomedIn;
-    chart.figure.dataset.zoomed = zoomedIn ? 'true' : 'false';
     sharedZoom = zoomedIn ? { min: chart.plot.scales.x.min, max: chart.plot.scales.x.max } : null;
     window.clearTimeout(chart.refineTimer);
     if (!zoomedIn || chart.fetching || !chart.data) return;
@@ -474,66 +412,94 @@
     zoomAll(next);
   }
 
-  function setupCharts() {
-    var figures = document.querySelectorAll('figure.chart[data-metric]');
-    if (!figures.length) return;
-    if (!window.uPlot) {
+  function setupChart(figure) {
+    var chart = {
+      metric: figure.dataset.metric,
+      figure: figure,
+      canvas: figure.querySelector('[data-role="chart-canvas"]'),
+      plot: null, data: null, request: 0, points: 0, fetching: false, refineTimer: null,
+      generation: null
+    };
+    chart.canvas.tabIndex = 0;
+    chart.canvas.setAttribute('role', 'img');
+    chart.canvas.addEventListener('keydown', function (event) { onChartKey(chart, event); });
+    chart.canvas.addEventListener('dblclick', function () { resetZoom(chart); });
+    figure.querySelector('[data-role="chart-reset"]').addEventListener('click', function () { resetZoom(chart); });
+    return chart;
+  }
+
+  /**
+   * A chart for each figure the page shows: on the first paint, and after each
+   * refresh, which may have added figures (set up here), removed some (their plots
+   * destroyed) or kept some as they were drawn: those load their data again only
+   * when the file's content changed (its generation).
+   */
+  function syncCharts() {
+    charts = charts.filter(function (chart) {
+      if (chart.figure.isConnected) return true;
+      if (chart.plot) chart.plot.destroy();
+      return false;
+    });
+    if (!charts.length) sharedZoom = null;
+    var figures = article.querySelectorAll('figure.chart[data-metric]');
+    if (figures.length && !window.uPlot) {
       figures.forEach(function (figure) {
         figure.querySelector('[data-role="chart-canvas"]').textContent = 'The charting library did not load.';
       });
       return;
     }
+    var generation = article.dataset.generation;
     figures.forEach(function (figure) {
-      var chart = {
-        metric: figure.dataset.metric,
-        figure: figure,
-        canvas: figure.querySelector('[data-role="chart-canvas"]'),
-        plot: null, data: null, request: 0, points: 0, fetching: false, refineTimer: null
-      };
-      chart.canvas.tabIndex = 0;
-      chart.canvas.setAttribute('role', 'img');
-      chart.canvas.addEventListener('keydown', function (event) { onChartKey(chart, event); });
-      chart.canvas.addEventListener('dblclick', function () { resetZoom(chart); });
-      figure.querySelector('[data-role="chart-reset"]').addEventListener('click', function () { resetZoom(chart); });
-      charts.push(chart);
+      var chart = charts.filter(function (c) { return c.figure === figure; })[0];
+      if (!chart) {
+        chart = setupChart(figure);
+        charts.push(chart);
+      } else if (chart.generation === generation) {
+        return;
+      }
+      chart.generation = generation;
       load(chart, basePoints(chart), false);
     });
+  }
 
-    var server = document.getElementById('chart-server');
-    if (server) {
-      server.addEventListener('change', function () {
-        charts.forEach(function (chart) { load(chart, basePoints(chart), false); });
-      });
-    }
+  function watchCharts() {
+    article.addEventListener('change', function (event) {
+      if (event.target.id !== 'chart-server') return;
+      charts.forEach(function (chart) { load(chart, basePoints(chart), false); });
+    });
     var resizeTimer = null;
+    var width = article.clientWidth;
     var onResize = function () {
+      if (article.clientWidth === width) return; // a refresh changed the height only
+      width = article.clientWidth;
       window.clearTimeout(resizeTimer);
       resizeTimer = window.setTimeout(function () {
         charts.forEach(function (chart) { if (chart.plot) chart.plot.setSize(size(chart)); });
       }, 120);
     };
-    if (window.ResizeObserver) new ResizeObserver(onResize).observe(document.querySelector('.charts'));
+    if (window.ResizeObserver) new ResizeObserver(onResize).observe(article);
     else window.addEventListener('resize', onResize);
   }
 
   function start() {
-    file = D.readJSON('file-data', null);
-    if (!file) return;
-    article = document.getElementById('file-' + file.id);
+    article = document.querySelector('article.file-detail[data-file-id]');
     if (!article) return;
     apiUrl = article.dataset.apiUrl;
     homeUrl = article.dataset.homeUrl || '/';
-    article.classList.toggle('is-stale', !FINAL[file.status]);
 
     document.getElementById('reprocess').addEventListener('click', reprocess);
     document.getElementById('delete').addEventListener('click', remove);
     var replaceInput = document.getElementById('replace-input');
     replaceInput.addEventListener('change', function () { replace(replaceInput); });
     document.getElementById('download').addEventListener('click', function () {
-      D.toast({ title: 'Download started', description: file.name + ' is being saved by your browser.', timeout: 4000 });
+      D.toast({ title: 'Download started', description: fileName() + ' is being saved by your browser.', timeout: 4000 });
     });
+    // The morph keeps the article and these controls (matched by their ids).
+    article.addEventListener('htmx:after:swap', syncCharts);
+    article.addEventListener('dwellfi:gone', fileGone);
     D.onFileEvent(onMessage);
-    setupCharts();
+    watchCharts();
+    syncCharts();
   }
 
   start();

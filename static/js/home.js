@@ -1,4 +1,7 @@
-/* DwellFi home page: upload files (picker or drag and drop) and keep the table live. */
+/* DwellFi home page: upload files (picker or drag and drop) and keep the table live:
+ * an event about a file has its row fetched again from the server and morphed in
+ * (common.js `DwellFi.refresh`), a `file.progress` message moves its status and
+ * progress bar only. */
 (function () {
   'use strict';
 
@@ -6,7 +9,7 @@
   var MAX_PARALLEL = 3;
   var DONE_ITEM_LINGER = 6000;
 
-  var form, input, uploadsEl, body, template, emptyEl, wrapEl, countEl;
+  var form, input, uploadsEl, body, emptyEl, wrapEl, countEl;
   var maxBytes = Infinity;
   var maxLabel = '';
   var page = 1;
@@ -15,74 +18,15 @@
   var active = 0;
 
   // --- the files table -----------------------------------------------------------
+  // Each row is the server's `files/_file_row.html`: the first paint, and after
+  // every event the same partial fetched again from `/f/ID/row/` and morphed in.
 
-  function cell(row, role) {
-    return row.querySelector('[data-role="' + role + '"]');
+  function rowOf(fileId) {
+    return document.getElementById('file-' + fileId);
   }
 
-  /** Write a file resource into a row; every value goes in as text. */
-  function fillRow(row, file) {
-    row.id = 'file-' + file.id;
-    row.dataset.fileId = String(file.id);
-    row.dataset.lastEventId = file.last_event_id === null || file.last_event_id === undefined
-      ? '' : String(file.last_event_id);
-
-    var name = cell(row, 'name');
-    name.textContent = file.name;
-    name.href = '/f/' + encodeURIComponent(file.id) + '/';
-
-    fillStatus(row, file.status, file.progress);
-    cell(row, 'progress').setAttribute('aria-label', 'Progress of ' + file.name);
-
-    cell(row, 'kind').textContent = file.kind || '\u2014';
-
-    var size = cell(row, 'size');
-    size.textContent = D.formatSize(file.size);
-    size.title = file.size + ' bytes';
-
-    cell(row, 'records').textContent = String(file.record_count || 0);
-    var invalid = cell(row, 'invalid');
-    invalid.hidden = !file.invalid_record_count;
-    invalid.textContent = file.invalid_record_count ? file.invalid_record_count + ' invalid' : '';
-
-    var anomalies = cell(row, 'anomalies');
-    anomalies.textContent = String(file.anomaly_count || 0);
-    anomalies.classList.toggle('has-anomalies', Boolean(file.anomaly_count));
-
-    cell(row, 'error').textContent = file.status === 'failed' ? D.formatError(file.error) : '';
-
-    var time = cell(row, 'created').querySelector('time');
-    if (time && file.created_at) {
-      time.setAttribute('datetime', file.created_at);
-      D.localizeTime(time);
-    }
-  }
-
-  /** Write a status and progress into a row (all a `file.progress` message has). */
-  function fillStatus(row, status, progressValue) {
-    row.dataset.status = status;
-    var statusCell = cell(row, 'status');
-    var badge = statusCell.querySelector('.badge');
-    if (!badge) {
-      statusCell.textContent = '';
-      badge = document.createElement('span');
-      statusCell.appendChild(badge);
-    }
-    badge.className = 'badge badge--' + status;
-    badge.textContent = status;
-
-    var progress = cell(row, 'progress');
-    var fraction = status === 'processed' ? 1 : Math.min(Math.max(Number(progressValue) || 0, 0), 1);
-    progress.value = fraction;
-    progress.textContent = D.percent(fraction) + '%';
-    progress.title = D.percent(fraction) + '%';
-  }
-
-  /** Whether what a row shows is newer (by `last_event_id`) than `lastEventId`. */
-  function rowIsNewer(row, lastEventId) {
-    var shown = row.dataset.lastEventId;
-    return shown !== '' && shown !== undefined && lastEventId !== null &&
-      lastEventId !== undefined && Number(lastEventId) < Number(shown);
+  function rowUrl(fileId) {
+    return '/f/' + encodeURIComponent(fileId) + '/row/';
   }
 
   function flash(row, className) {
@@ -128,31 +72,30 @@
   }
 
   /**
-   * Apply a file resource: update its row, or add a row when `insert` says so.
-   * A resource older than what the row shows (by `last_event_id`) is ignored, so a
-   * late upload response or progress message never rolls a row back.
+   * Show a file as the server has it now, given its resource (from an event or an
+   * upload's answer): its row is fetched again, unless the resource is no news to
+   * it (by `last_event_id`), so a late answer never costs a request; a file without
+   * a row gets one on top when `insert` says so.
    */
-  function applyFile(file, insert) {
-    if (!file || file.id === undefined || file.id === null) return;
-    var row = document.getElementById('file-' + file.id);
-    if (row) {
-      if (rowIsNewer(row, file.last_event_id)) return;
-      var changed = row.dataset.status !== file.status;
-      fillRow(row, file);
-      if (changed) flash(row, 'is-updated');
+  function showFile(file, insert) {
+    var row = rowOf(file.id);
+    if (!row) {
+      if (!insert) return;
+      // An empty, hidden row holds the place; the server's row is morphed into it.
+      row = document.createElement('tr');
+      row.id = 'file-' + file.id;
+      row.className = 'file-row';
+      row.hidden = true;
+      body.insertBefore(row, body.firstChild);
+      adjustCount(1);
+      updateEmptyState();
+    } else if (!D.isNewer(row, file.last_event_id)) {
       return;
     }
-    if (!insert) return;
-    row = template.content.firstElementChild.cloneNode(true);
-    fillRow(row, file);
-    body.insertBefore(row, body.firstChild);
-    flash(row, 'is-new');
-    adjustCount(1);
-    updateEmptyState();
+    D.refresh(row, rowUrl(file.id));
   }
 
-  function removeFile(fileId) {
-    var row = document.getElementById('file-' + fileId);
+  function removeRow(row) {
     if (!row || !body.contains(row)) return;
     row.parentNode.removeChild(row);
     adjustCount(-1);
@@ -160,25 +103,32 @@
   }
 
   function onMessage(message) {
-    if (message.type === 'snapshot') {
-      (message.files || []).forEach(function (file) { applyFile(file, false); });
-      return;
-    }
     if (message.type === 'file.deleted') {
-      removeFile(message.file_id);
+      removeRow(rowOf(message.file_id));
       return;
     }
     if (message.type === 'file.progress') {
       // Tiny: no resource, only what the row's status and progress bar need.
-      var row = document.getElementById('file-' + message.file_id);
-      if (row && !rowIsNewer(row, message.last_event_id)) fillStatus(row, message.status, message.progress);
+      var row = rowOf(message.file_id);
+      if (row) D.showProgress(row, message);
       return;
     }
-    if (!message.file || typeof message.file !== 'object') return;
-    var file = Object.assign({}, message.file);
-    if (message.status) file.status = message.status;
-    if (typeof message.progress === 'number') file.progress = message.progress;
-    applyFile(file, message.type === 'file.queued' && belongsOnTop(file));
+    var file = message.file;
+    if (!file || typeof file !== 'object' || file.id === undefined || file.id === null) return;
+    showFile(file, message.type === 'file.queued' && belongsOnTop(file));
+  }
+
+  function watchRows() {
+    // A row that changes status flashes; one that was only holding the place is new.
+    body.addEventListener('htmx:before:swap', function (event) {
+      event.detail.ctx.shownStatus = event.detail.ctx.target.dataset.status;
+    });
+    body.addEventListener('htmx:after:swap', function (event) {
+      var ctx = event.detail.ctx;
+      if (ctx.shownStatus === undefined) flash(ctx.target, 'is-new');
+      else if (ctx.shownStatus !== ctx.target.dataset.status) flash(ctx.target, 'is-updated');
+    });
+    body.addEventListener('dwellfi:gone', function (event) { removeRow(event.target); });
   }
 
   // --- uploads ----------------------------------------------------------------------
@@ -276,57 +226,33 @@
     bar.value = 0;
     setItem(item, 'uploading', 'Uploading…');
 
-    var xhr = new XMLHttpRequest();
-    var finished = false;
-    function done() {
-      if (finished) return false;
-      finished = true;
+    D.upload(job.file, {
+      method: 'POST',
+      url: '/api/files/',
+      onProgress: function (fraction) {
+        bar.value = fraction;
+        setItem(item, 'uploading', fraction >= 1
+          ? 'Sent; the server is storing it…' : 'Uploading… ' + D.percent(fraction) + '%');
+      }
+    }).then(function (result) {
       active -= 1;
       window.setTimeout(pump, 0);
-      return true;
-    }
-
-    xhr.open('POST', '/api/files/');
-    xhr.setRequestHeader('X-CSRFToken', D.csrfToken());
-    xhr.setRequestHeader('Accept', 'application/json');
-    xhr.upload.addEventListener('progress', function (event) {
-      if (!event.lengthComputable) return;
-      bar.value = event.total ? event.loaded / event.total : 0;
-      setItem(item, 'uploading', bar.value >= 1
-        ? 'Sent; the server is storing it…' : 'Uploading… ' + D.percent(bar.value) + '%');
-    });
-    xhr.addEventListener('load', function () {
-      if (!done()) return;
-      if (xhr.status === 201) {
-        var file = null;
-        try { file = JSON.parse(xhr.responseText); } catch (e) { file = null; }
-        if (file && file.id !== undefined) applyFile(file, true);
+      var file = result.data;
+      if (result.status === 201 && file && file.id !== undefined) {
+        showFile(file, true);
         setItem(item, 'done', 'Uploaded. Its progress shows in the table below.');
-        if (file && file.id !== undefined) {
-          setActions(item, [{ label: 'Open', href: '/f/' + encodeURIComponent(file.id) + '/',
-                              ariaLabel: 'Open ' + job.file.name }]);
-        }
+        setActions(item, [{ label: 'Open', href: '/f/' + encodeURIComponent(file.id) + '/',
+                            ariaLabel: 'Open ' + job.file.name }]);
         window.setTimeout(function () { removeItem(item); }, DONE_ITEM_LINGER);
         return;
       }
-      var text = D.errorMessage(xhr.status, xhr.responseText);
-      if (xhr.status === 413 && !/limit|large/i.test(text)) text += ' The limit is ' + maxLabel + '.';
-      var retryAfter = xhr.getResponseHeader('Retry-After');
-      if (xhr.status === 429 && retryAfter && /^\d+$/.test(retryAfter)) {
-        text += ' (retry in ' + retryAfter + ' s)';
+      var text = D.errorMessage(result.status, result.text);
+      if (result.status === 413 && !/limit|large/i.test(text)) text += ' The limit is ' + maxLabel + '.';
+      if (result.status === 429 && result.retryAfter && /^\d+$/.test(result.retryAfter)) {
+        text += ' (retry in ' + result.retryAfter + ' s)';
       }
-      failItem(job, text, xhr.status === 429 || xhr.status >= 500);
+      failItem(job, text, result.status === 0 || result.status === 429 || result.status >= 500);
     });
-    xhr.addEventListener('error', function () {
-      if (done()) failItem(job, D.errorMessage(0, ''), true);
-    });
-    xhr.addEventListener('abort', function () {
-      if (done()) failItem(job, 'Upload cancelled.', true);
-    });
-
-    var data = new FormData();
-    data.append('file', job.file, job.file.name);
-    xhr.send(data);
   }
 
   function addFiles(list) {
@@ -384,11 +310,10 @@
     input = document.getElementById('upload-input');
     uploadsEl = document.getElementById('uploads');
     body = document.getElementById('files-body');
-    template = document.getElementById('file-row-template');
     emptyEl = document.getElementById('files-empty');
     wrapEl = document.getElementById('files-table-wrap');
     countEl = document.getElementById('files-count');
-    if (!form || !body || !template) return;
+    if (!form || !body) return;
 
     var limit = Number(form.dataset.maxBytes);
     if (limit > 0) maxBytes = limit;
@@ -401,9 +326,7 @@
       query: table.dataset.filterQuery || ''
     };
 
-    // The server rendered the rows; redraw them from the same data in local time.
-    (D.readJSON('files-data', []) || []).forEach(function (file) { applyFile(file, false); });
-
+    watchRows();
     input.addEventListener('change', function () {
       var chosen = Array.prototype.slice.call(input.files || []);
       input.value = '';

@@ -14,8 +14,7 @@
  * user opened too many (4429) is not reopened at once, which would close another
  * tab's: the page polls until it is looked at again.
  *
- * Pages subscribe with `DwellFi.onFileEvent(fn)` (fn(message)), or listen for the
- * `dwellfi:event` CustomEvent on document (event.detail is the message).
+ * Pages subscribe with `DwellFi.onFileEvent(fn)` (fn(message)).
  */
 (function () {
   'use strict';
@@ -48,19 +47,15 @@
   var pollInFlight = false;
   var replaced = false;
 
-  var live = D.live = {
-    state: 'offline',
-    get lastEventId() { return lastId; },
-    get socket() { return socket; }
-  };
+  var state = 'offline';
 
   /** Subscribe to every live message (after de-duplication). */
   D.onFileEvent = function (fn) {
     if (typeof fn === 'function') listeners.push(fn);
   };
 
-  function setState(state, detail) {
-    live.state = state;
+  function setState(next, detail) {
+    state = next;
     var el = document.getElementById('conn');
     if (!el) return;
     el.hidden = false;
@@ -85,7 +80,6 @@
     listeners.forEach(function (fn) {
       try { fn(message); } catch (e) { window.console && console.error(e); }
     });
-    document.dispatchEvent(new CustomEvent('dwellfi:event', { detail: message }));
   }
 
   function notify(message) {
@@ -167,7 +161,7 @@
         return;
       }
       if (!result.ok || !result.data) {
-        if (live.state === 'polling') setState('reconnecting');
+        if (state === 'polling') setState('reconnecting');
         schedulePoll(POLL_EVERY);
         return;
       }
@@ -207,8 +201,8 @@
       setState('offline', 'This device is offline: waiting for the network');
       return;
     }
-    if (live.state !== 'polling') {
-      setState(attempt === 0 && live.state !== 'reconnecting' ? 'connecting' : 'reconnecting');
+    if (state !== 'polling') {
+      setState(attempt === 0 && state !== 'reconnecting' ? 'connecting' : 'reconnecting');
     }
     var ws;
     try {
@@ -270,7 +264,7 @@
     var delay = Math.min(BACKOFF_MAX, Math.round(base * (0.5 + Math.random() * 0.5) + Math.random() * 250));
     attempt += 1;
     if (attempt >= POLL_AFTER_FAILURES) startPolling();
-    if (live.state !== 'polling') {
+    if (state !== 'polling') {
       setState('reconnecting', 'Reconnecting in ' + Math.ceil(delay / 1000) + ' s…');
     }
     retryTimer = window.setTimeout(connect, delay);

@@ -233,7 +233,7 @@ DWELLFI_PROGRESS_INTERVAL = env.float("DWELLFI_PROGRESS_INTERVAL", default=0.25)
 # them itself.
 DWELLFI_X_ACCEL_PREFIX = env.str("DWELLFI_X_ACCEL_PREFIX", default="")
 
-# What one user may hold (README, "Limits"; 0: no limit): sockets at once, across
+# What one user may hold (docs/api.md, "Limits"; 0: no limit): sockets at once, across
 # every web process (a new one closes the oldest); stored bytes and files; files
 # queued or processing at once. Durable events are kept this many days.
 DWELLFI_MAX_SOCKETS_PER_USER = env.int("DWELLFI_MAX_SOCKETS_PER_USER", default=10)
@@ -305,7 +305,7 @@ REST_FRAMEWORK = {
         "files.api.parsers.StrictFormParser",
         "files.api.parsers.StrictMultiPartParser",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "dwellfi.schema.ApiSchema",
     "EXCEPTION_HANDLER": "files.api.errors.exception_handler",
     "DEFAULT_THROTTLE_RATES": {"uploads": env.str("DWELLFI_UPLOAD_RATE", "600/min")},
 }

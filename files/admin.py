@@ -12,7 +12,7 @@ from notifications.models import Event
 
 from . import services
 from .exceptions import FileGone
-from .models import Anomaly, AnomalyRule, File, RecordError
+from .models import Anomaly, AnomalyRule, File, RecordError, stored_fields
 
 
 def changelist_link(model, text: str, **filters: object) -> str:
@@ -62,31 +62,11 @@ class FileAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["owner"]
     actions = ["reprocess"]
+    # Every stored field but the editable ones (and the error as its text).
     readonly_fields = [
-        "owner",
-        "updated_by",
-        "content",
-        "size",
-        "sha256",
-        "kind",
-        "status",
-        "progress",
-        "error_text",
-        "summary",
-        "record_count",
-        "invalid_record_count",
-        "anomaly_count",
-        "attempts",
-        "generation",
-        "task_id",
-        "last_event_id",
-        "created_at",
-        "updated_at",
-        "started_at",
-        "finished_at",
-        "duration",
-        "results",
-    ]
+        "error_text" if name == "error" else name
+        for name in stored_fields(File, without=("id", "name", "declared_type"))
+    ] + ["duration", "results"]
     fields = ["name", "declared_type", *readonly_fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -179,16 +159,7 @@ class FileAdmin(admin.ModelAdmin):
 
 @admin.register(Anomaly)
 class AnomalyAdmin(ReadOnlyAdmin):
-    list_display = [
-        "file_name",
-        "record_index",
-        "server",
-        "timestamp",
-        "metric",
-        "value",
-        "min_value",
-        "max_value",
-    ]
+    list_display = ["file_name", *stored_fields(Anomaly, without=("id", "file"))]
     list_filter = ["metric"]
     search_fields = ["server", "file__name"]
     list_select_related = ["file"]
@@ -201,7 +172,7 @@ class AnomalyAdmin(ReadOnlyAdmin):
 
 @admin.register(RecordError)
 class RecordErrorAdmin(ReadOnlyAdmin):
-    list_display = ["file_name", "pointer", "message"]
+    list_display = ["file_name", *stored_fields(RecordError, without=("id", "file"))]
     search_fields = ["pointer", "message", "file__name"]
     list_select_related = ["file"]
     raw_id_fields = ["file"]

@@ -1,5 +1,7 @@
 """What the write path raises: its own errors, mapped to HTTP by the API."""
 
+from django.conf import settings
+
 
 class FileGone(Exception):
     """The file was deleted (or never was the caller's) while the request ran."""
@@ -28,3 +30,16 @@ class QuotaExceeded(Exception):
     def __init__(self, message: str, *, limit: str) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class UploadRefused(Exception):
+    """The upload cannot be a JSON text (empty, only whitespace, not JSON); nothing
+    was stored."""
+
+
+class UploadTooLarge(Exception):
+    """The upload is over DWELLFI_MAX_UPLOAD_BYTES; nothing was stored."""
+
+    def __init__(self) -> None:
+        limit = settings.DWELLFI_MAX_UPLOAD_BYTES
+        super().__init__(f"Upload larger than the limit of {limit} bytes.")

@@ -291,3 +291,11 @@ class AnomalyRule(models.Model):
                     )
                 }
             )
+
+
+def stored_fields(
+    model: type[models.Model], *, without: tuple[str, ...] = ()
+) -> list[str]:
+    """The names of a model's stored fields in declaration order, but `without`: the
+    one source of every list that shows a model whole (admin, serializers)."""
+    return [f.name for f in model._meta.concrete_fields if f.name not in without]

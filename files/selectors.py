@@ -18,8 +18,6 @@ from django.db.models import (
 )
 from django.db.models.functions import Cast
 
-from notifications.models import Event, EventCursor
-
 from .models import METRICS, Anomaly, AnomalyRule, File, MetricRecord, RecordError
 
 SNAPSHOT_RECENT = 20
@@ -68,20 +66,10 @@ def rules_active() -> list[AnomalyRule]:
     return list(AnomalyRule.objects.filter(enabled=True))
 
 
-def event_list(*, user: AbstractBaseUser, after: int = 0) -> QuerySet[Event]:
-    """The user's durable events after a cursor, oldest first."""
-    return Event.objects.filter(user=user, seq__gt=after).order_by("seq")
-
-
-def last_event_id(*, user: AbstractBaseUser) -> int:
-    """The user's newest cursor value (0 before any event).
-
-    Read from the cursor, not the events: those may have been pruned or deleted
-    with their file, and a cursor handed out must never go back.
-    """
-    return (
-        EventCursor.objects.filter(user=user).values_list("last_seq", flat=True).first()
-        or 0
+def anomaly_list_head(*, file: File, limit: int) -> list[Anomaly]:
+    """The first `limit` anomalies of a file, in document order (for a message)."""
+    return list(
+        Anomaly.objects.filter(file=file).order_by("record_index", "id")[:limit]
     )
 
 

@@ -10,13 +10,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
-from notifications.models import Event
-from notifications.publisher import EVENT_NAMES
-
-from .models import METRICS, Anomaly, File, RecordError
-
-# The event types that are recorded (every type but the live-only `file.progress`).
-DURABLE_EVENT_TYPES = [name for name in EVENT_NAMES if name != "file.progress"]
+from .models import METRICS, Anomaly, File, RecordError, stored_fields
 
 
 class FileErrorSerializer(serializers.Serializer):
@@ -121,28 +115,10 @@ class FileSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = File
-        fields = [
-            "id",
-            "name",
-            "size",
-            "sha256",
-            "kind",
-            "status",
-            "progress",
-            "error",
-            "summary",
-            "record_count",
-            "invalid_record_count",
-            "anomaly_count",
-            "attempts",
-            "generation",
-            "task_id",
-            "created_at",
-            "updated_at",
-            "started_at",
-            "finished_at",
-            "last_event_id",
-        ]
+        # Everything but who owns it, where its bytes are and the client's type.
+        fields = stored_fields(
+            File, without=("owner", "updated_by", "content", "declared_type")
+        )
         read_only_fields = fields
 
 
@@ -348,83 +324,13 @@ class SeedUpdateSerializer(serializers.Serializer):
 class AnomalySerializer(serializers.ModelSerializer):
     class Meta:
         model = Anomaly
-        fields = [
-            "id",
-            "record_index",
-            "server",
-            "timestamp",
-            "metric",
-            "value",
-            "min_value",
-            "max_value",
-        ]
+        fields = stored_fields(Anomaly, without=("file",))
 
 
 class RecordErrorSerializer(serializers.ModelSerializer):
     class Meta:
         model = RecordError
-        fields = ["id", "pointer", "message"]
-
-
-class FileAnomalySerializer(serializers.Serializer):
-    """The seed's `file_anomaly`: the error text, or the anomalies as text."""
-
-    file_id = serializers.IntegerField()
-    data = serializers.CharField()
-
-
-class EventSerializer(serializers.Serializer):
-    """A durable event exactly as the WebSocket sent it.
-
-    The fields document the message; the message itself is what is returned.
-    """
-
-    id = serializers.IntegerField(help_text="The user's cursor: pass it as `after`.")
-    type = serializers.ChoiceField(choices=DURABLE_EVENT_TYPES)
-    file_id = serializers.IntegerField(allow_null=True)
-    event_name = serializers.ChoiceField(
-        choices=sorted({EVENT_NAMES[t] for t in DURABLE_EVENT_TYPES}),
-        help_text="The seed's name.",
-    )
-    is_major = serializers.BooleanField(help_text="True for outcomes.")
-    status = serializers.ChoiceField(choices=File.Status.choices)
-    progress = serializers.FloatField(min_value=0, max_value=1)
-    file = FileItemSerializer(
-        help_text="The bounded file resource when the event was recorded."
-    )
-    status_message = serializers.CharField()
-    file_anomaly = FileAnomalySerializer(
-        required=False, help_text="`file.failed` and `file.anomalies` only."
-    )
-    title = serializers.CharField(required=False, help_text="`notification` only.")
-    description = serializers.CharField(
-        required=False, help_text="`notification` only."
-    )
-    user_id = serializers.IntegerField(required=False, help_text="`notification` only.")
-
-    def to_representation(self, event: Event) -> dict[str, Any]:
-        return event.message
-
-
-class ErrorSerializer(serializers.Serializer):
-    """Every error: `detail`, and for bad input the field errors under `errors`."""
-
-    detail = serializers.CharField()
-    errors = serializers.DictField(
-        required=False,
-        child=serializers.ListField(child=serializers.CharField()),
-        help_text="Field name (`non_field_errors` for none) to its messages; 400 only.",
-    )
-
-
-class EventsGoneSerializer(serializers.Serializer):
-    """410 from the events list: the events after the cursor were pruned."""
-
-    detail = serializers.CharField()
-    last_event_id = serializers.IntegerField(
-        help_text="The caller's newest event: continue after it, once the present "
-        "state is read."
-    )
+        fields = stored_fields(RecordError, without=("file",))
 
 
 class MetricBucketSerializer(serializers.Serializer):

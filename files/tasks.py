@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
-from . import services
+from . import leftovers, services
 from .exceptions import Busy
 
 logger = logging.getLogger(__name__)
@@ -96,4 +96,4 @@ def recover_stuck_files() -> dict[str, int]:
 @shared_task
 def sweep_leftovers() -> int:
     """Periodic: remove stored bytes no file refers to."""
-    return services.files_sweep_leftovers()
+    return leftovers.files_sweep_leftovers()

@@ -1,27 +1,74 @@
-"""Upload handling that enforces DWELLFI_MAX_UPLOAD_BYTES, whatever the headers say."""
+"""Uploads: receiving them within DWELLFI_MAX_UPLOAD_BYTES whatever the headers
+say, checking what arrived, naming and storing it."""
 
+import hashlib
 import os
+import unicodedata
+from http import HTTPStatus
+from typing import Any
 
 from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from rest_framework import status
-from rest_framework.exceptions import APIException
+
+from .exceptions import UploadRefused, UploadTooLarge
+from .models import File
 
 # Room for the multipart boundaries and the small form fields around the file.
 MULTIPART_OVERHEAD = 64 * 1024
+# What a JSON text can start with, after optional whitespace and a UTF-8 BOM.
+JSON_START = frozenset(b'{["-0123456789tfn')
+# Bidirectional formatting characters: "invoice\u202efdp.json" would show as
+# "invoicenosj.pdf".
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e")
+BIDI_CONTROLS |= frozenset("\u2066\u2067\u2068\u2069")
 
 
-class UploadTooLarge(APIException):
-    """The upload is over the configured limit."""
+def upload_check(upload: UploadedFile) -> None:
+    """Refuse what cannot be a JSON text from its first bytes (nothing is stored)."""
+    upload.seek(0)
+    head = upload.read(4096)
+    upload.seek(0)
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if not head:
+        raise UploadRefused("The submitted file is empty.")
+    if not text and len(head) < 4096:
+        raise UploadRefused("The submitted file holds only whitespace.")
+    if text and text[0] not in JSON_START:
+        raise UploadRefused("The submitted file is not JSON.")
 
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_code = "too_large"
 
-    def __init__(self) -> None:
-        limit = settings.DWELLFI_MAX_UPLOAD_BYTES
-        super().__init__(f"Upload larger than the limit of {limit} bytes.")
+def upload_store(upload: UploadedFile) -> dict[str, Any]:
+    """Save the bytes under a generated name, hashing them on the way; the fields
+    that describe them."""
+    digest = hashlib.sha256()
+    for chunk in upload.chunks():
+        digest.update(chunk)
+    upload.seek(0)
+    holder = File()
+    holder.content.save("upload.json", upload, save=False)
+    return {
+        "content": holder.content.name,
+        "size": upload.size,
+        "sha256": digest.hexdigest(),
+    }
+
+
+def upload_unstore(name: str) -> None:
+    """Remove stored bytes that no committed row refers to."""
+    File._meta.get_field("content").storage.delete(name)
+
+
+def display_name(name: str) -> str:
+    """The client's filename as a display string: no path, no control or bidi
+    characters (they could break a header or disguise the name), bounded length."""
+    visible = "".join(
+        c for c in name if c not in BIDI_CONTROLS and unicodedata.category(c) != "Cc"
+    )
+    cleaned = visible.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return (cleaned if cleaned not in ("", ".", "..") else "upload.json")[:255]
 
 
 class LimitedTemporaryFileUploadHandler(TemporaryFileUploadHandler):
@@ -68,8 +115,8 @@ class RequestBodyMiddleware:
         if size is not None:
             if size > settings.DWELLFI_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD:
                 return JsonResponse(
-                    {"detail": str(UploadTooLarge().detail)},
-                    status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                    {"detail": str(UploadTooLarge())},
+                    status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 )
             if size and not request.META.get("CONTENT_LENGTH"):
                 request.META["CONTENT_LENGTH"] = str(size)

@@ -14,6 +14,8 @@ from django.shortcuts import redirect, render
 from django.utils.cache import patch_vary_headers
 from django_htmx.middleware import HtmxDetails
 
+from notifications.selectors import last_event_id
+
 from . import selectors
 from .models import METRICS, File
 from .serializers import summary_capped
@@ -48,7 +50,7 @@ def home(request: HttpRequest) -> HttpResponse:
             "filtered": any(filters.values()),
             "statuses": File.Status.values,
             "kinds": File.Kind.values,
-            "last_event_id": selectors.last_event_id(user=request.user),
+            "last_event_id": last_event_id(user=request.user),
             "max_upload_bytes": settings.DWELLFI_MAX_UPLOAD_BYTES,
         },
     )
@@ -79,7 +81,7 @@ def file_page(request: HttpRequest, pk: int) -> HttpResponse:
             "anomaly_columns": _sort_columns(sort),
             "errors": errors,
             "charted_metrics": _charted_metrics(file),
-            "last_event_id": selectors.last_event_id(user=request.user),
+            "last_event_id": last_event_id(user=request.user),
         },
     )
 

@@ -3,13 +3,12 @@
 import json
 
 from django.contrib import admin
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
-from files.models import File
-
+from .filedata import file_exists
 from .models import Event
 
 
@@ -30,8 +29,7 @@ class EventAdmin(admin.ModelAdmin):
         return False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Event]:
-        files = File.objects.filter(pk=OuterRef("file_id"))
-        return super().get_queryset(request).annotate(file_exists=Exists(files))
+        return super().get_queryset(request).annotate(file_exists=file_exists())
 
     @admin.display(description="file", ordering="file_id")
     def file(self, event: Event) -> str:

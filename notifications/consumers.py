@@ -12,9 +12,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from rest_framework.authtoken.models import Token
 
-from files import selectors
-from files.serializers import FileItemSerializer
-
+from . import selectors
+from .filedata import file_snapshot
 from .origins import origin_allowed
 from .publisher import user_group
 from .retention import events_pruned_through
@@ -290,8 +289,7 @@ def _token_user(key: str) -> AbstractBaseUser | None:
 @in_db_thread
 def _snapshot(user: AbstractBaseUser) -> tuple[int, list[dict[str, Any]]]:
     last_event_id = selectors.last_event_id(user=user)
-    files = FileItemSerializer(selectors.file_snapshot(user=user), many=True).data
-    return last_event_id, [dict(f) for f in files]
+    return last_event_id, file_snapshot(user=user)
 
 
 @in_db_thread

@@ -39,7 +39,7 @@ class EventCursor(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True
     )
     last_seq = models.PositiveBigIntegerField(default=0)
-    # A default in the database too: `reserve_event_ids` inserts rows in SQL.
+    # A default in the database too: `publisher.publish` inserts rows in SQL.
     pruned_seq = models.PositiveBigIntegerField(
         default=0,
         db_default=0,

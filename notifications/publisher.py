@@ -4,6 +4,7 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -46,48 +47,34 @@ def build_message(
     }
 
 
-def reserve_event_ids(user_id: int, count: int = 1) -> range:
-    """Take the user's next `count` cursor values; call inside the transaction that
-    publishes them.
-
-    The upsert holds the cursor row lock until commit: one writer per user at once,
-    so events commit in cursor order.
-    """
-    if not connection.in_atomic_block:
-        raise RuntimeError("events are recorded inside the transaction they report")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO notifications_eventcursor (user_id, last_seq) VALUES (%s, %s) "
-            "ON CONFLICT (user_id) DO UPDATE "
-            "SET last_seq = notifications_eventcursor.last_seq + EXCLUDED.last_seq "
-            "RETURNING last_seq",
-            [user_id, count],
-        )
-        last = cursor.fetchone()[0]
-    return range(last - count + 1, last + 1)
-
-
-def events_lock(user_id: int) -> None:
-    """Hold the user's event cursor row until the transaction ends, as publishing
-    an event does: what makes a user's writers take turns (the quota checks rely on
-    it). Call inside the transaction."""
-    reserve_event_ids(user_id, 0)
-
-
-def publish_events(
+def publish(
     *,
     user_id: int,
     file_id: int | None,
-    events: list[tuple[int, str, dict[str, Any]]],
-) -> None:
-    """Record durable events in the current transaction and send them once it commits.
+    events: Sequence[tuple[str, dict[str, Any]]],
+    resource: dict[str, Any] | None = None,
+) -> int:
+    """Record durable events in the current transaction and send them once it
+    commits; the last one's id. The one way an event leaves the service.
 
-    `events` are (id from `reserve_event_ids`, type, fields), in id order.
+    `events` are (type, fields) pairs, in order. They take the user's next cursor
+    values, holding the user's cursor row until commit: one writer per user at
+    once, so events commit in id order. `resource`, when given, is the file as
+    these events leave it: each carries it as `file`, its `last_event_id` the
+    last of these ids (the caller writes the same to the file's row).
     """
-    messages = [
-        {"id": seq, **build_message(event_type, file_id=file_id, fields=fields)}
-        for seq, event_type, fields in events
-    ]
+    last = _reserve(user_id, len(events))
+    if resource is not None:
+        resource = {**resource, "last_event_id": last}
+    messages = []
+    for seq, (event_type, fields) in enumerate(events, start=last - len(events) + 1):
+        message = {
+            "id": seq,
+            **build_message(event_type, file_id=file_id, fields=fields),
+        }
+        if resource is not None:
+            message["file"] = resource
+        messages.append(message)
     Event.objects.bulk_create(
         [
             Event(
@@ -106,14 +93,29 @@ def publish_events(
             send_live(user_id, message)
 
     transaction.on_commit(send)
+    return last
 
 
-def publish_event(
-    *, user_id: int, event_type: str, file_id: int | None, fields: dict[str, Any]
-) -> None:
-    """Record one durable event in the current transaction and send it after commit."""
-    (seq,) = reserve_event_ids(user_id)
-    publish_events(user_id=user_id, file_id=file_id, events=[(seq, event_type, fields)])
+def events_lock(user_id: int) -> None:
+    """Hold the user's event cursor row until the transaction ends, as publishing
+    an event does: what makes a user's writers take turns (the quota checks rely on
+    it). Call inside the transaction."""
+    _reserve(user_id, 0)
+
+
+def _reserve(user_id: int, count: int) -> int:
+    """Take the user's next `count` cursor values; the last one."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("events are recorded inside the transaction they report")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO notifications_eventcursor (user_id, last_seq) VALUES (%s, %s) "
+            "ON CONFLICT (user_id) DO UPDATE "
+            "SET last_seq = notifications_eventcursor.last_seq + EXCLUDED.last_seq "
+            "RETURNING last_seq",
+            [user_id, count],
+        )
+        return cursor.fetchone()[0]
 
 
 def events_forget_file(*, file_id: int) -> None:

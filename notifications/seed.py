@@ -17,8 +17,7 @@ from urllib.parse import parse_qs
 
 from django.contrib.auth.models import AbstractBaseUser
 
-from files import selectors
-from files.serializers import SeedFileSerializer
+from .filedata import seed_files
 
 SEED_PARAMETER = "user_id"
 # The canonical event types the seed app understands, by the name it knows them by.
@@ -55,8 +54,7 @@ def seed_messages(
     processed = {m["file_id"] for m in wanted if m["type"] == "file.processed"}
     files = {}
     if processed:
-        rows = selectors.file_list(user=user).filter(pk__in=processed)
-        files = {file["id"]: file for file in SeedFileSerializer(rows, many=True).data}
+        files = seed_files(user=user, ids=processed)
     translated = []
     for message in wanted:
         if message["type"] == "file.processed" and message["file_id"] not in files:

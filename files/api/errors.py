@@ -29,11 +29,11 @@ from django.shortcuts import render
 from django.urls import is_valid_path
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import status
-from rest_framework.exceptions import APIException, ParseError
+from rest_framework.exceptions import APIException, ParseError, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from ..exceptions import FileGone, QuotaExceeded
+from ..exceptions import FileGone, QuotaExceeded, UploadRefused, UploadTooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = Http404()  # deleted while the request ran: as if it never was
     if isinstance(exc, QuotaExceeded):
         return Response({"detail": str(exc)}, status=QUOTA_STATUS[exc.limit])
+    if isinstance(exc, UploadTooLarge):
+        return Response(
+            {"detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+        )
+    if isinstance(exc, UploadRefused):
+        exc = ValidationError({"file": [str(exc)]})  # a field error, as DRF's
     if _sqlite_locked(exc):
         response = drf_exception_handler(DatabaseBusy(), context)
         response["Retry-After"] = "10"

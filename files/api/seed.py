@@ -13,11 +13,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from dwellfi.schema import multipart
+
 from .. import selectors, services
 from ..models import File
 from ..serializers import SeedFileSerializer, SeedUpdateSerializer, SeedUploadSerializer
 from .parsers import StrictFormParser, StrictMultiPartParser
-from .schema import ApiSchema, multipart
 from .throttles import UploadThrottle
 
 FILE_ID = OpenApiParameter(
@@ -41,7 +42,6 @@ def _one_file(file: File) -> Response:
 class SeedUploadView(APIView):
     """`POST /files/uploadfile/`: multipart `file`, optional `file_data_create_form`."""
 
-    schema = ApiSchema()
     parser_classes = [StrictMultiPartParser, StrictFormParser]
     throttle_classes = [UploadThrottle]
 
@@ -65,8 +65,6 @@ class SeedUploadView(APIView):
 class SeedFileListView(APIView):
     """`GET /files/files/`: the caller's files as a plain list."""
 
-    schema = ApiSchema()
-
     @extend_schema(responses=SeedFileSerializer(many=True))
     def get(self, request: Request) -> Response:
         files = selectors.file_list(user=request.user)
@@ -76,8 +74,6 @@ class SeedFileListView(APIView):
 class SeedFileDetailView(APIView):
     """`GET /files/files/{id}` and `GET /files/{id}`: one of the caller's files."""
 
-    schema = ApiSchema()
-
     @extend_schema(parameters=[FILE_ID], responses=SeedFileSerializer)
     def get(self, request: Request, pk: int) -> Response:
         return _one_file(_own_file(request, pk))
@@ -86,7 +82,6 @@ class SeedFileDetailView(APIView):
 class SeedUpdateView(APIView):
     """`PUT /files/updatefile/{id}`: optional `file` and `file_update_form`."""
 
-    schema = ApiSchema()
     parser_classes = [StrictMultiPartParser, StrictFormParser]
     throttle_classes = [UploadThrottle]
 

@@ -4,8 +4,10 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from notifications.api import EventViewSet
+
 from . import seed
-from .views import EventViewSet, FileViewSet
+from .views import FileViewSet
 
 router = DefaultRouter()
 router.register("files", FileViewSet, basename="file")

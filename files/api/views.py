@@ -10,20 +10,17 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from notifications.models import Event
-from notifications.retention import events_pruned_through
+from dwellfi.schema import multipart
 
 from .. import selectors, services
 from ..models import File
 from ..serializers import (
     AnomalySerializer,
-    EventSerializer,
-    EventsGoneSerializer,
     FileItemSerializer,
     FileSerializer,
     FileUploadSerializer,
@@ -33,7 +30,6 @@ from ..serializers import (
 )
 from .downloads import download_response
 from .parsers import StrictFormParser, StrictMultiPartParser
-from .schema import ApiSchema, multipart
 from .throttles import UploadThrottle
 
 logger = logging.getLogger(__name__)
@@ -92,7 +88,6 @@ class FileViewSet(
 ):
     """Upload JSON files, follow their processing and read what it found."""
 
-    schema = ApiSchema()
     serializer_class = FileSerializer
     filterset_fields = ["status", "kind"]
     search_fields = ["name"]
@@ -213,55 +208,3 @@ class FileViewSet(
         return self.paginator.get_paginated_response(
             serializer_class(page, many=True).data
         )
-
-
-class EventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
-    """The caller's durable events after a cursor: catch-up without a socket."""
-
-    schema = ApiSchema()
-    serializer_class = EventSerializer
-    filter_backends = []
-
-    @extend_schema(
-        parameters=[
-            OpenApiParameter(
-                "after",
-                int,
-                description="Cursor: only events with a larger `id` (default 0).",
-            )
-        ],
-        responses={
-            200: EventSerializer(many=True),
-            410: OpenApiResponse(
-                EventsGoneSerializer,
-                description="Events after `after` were pruned (kept "
-                "`DWELLFI_EVENT_RETENTION_DAYS`): read the present state "
-                "(`GET /api/files/`), then continue after `last_event_id`.",
-            ),
-        },
-    )
-    def list(self, request: Request) -> Response:
-        """The caller's durable events after `after`, oldest first, exactly as the
-        WebSocket sent them."""
-        after = self._after()
-        if after < events_pruned_through(user_id=request.user.pk):
-            return Response(
-                {
-                    "detail": f"Events after {after} are no longer kept: read your "
-                    "files again, then continue after last_event_id.",
-                    "last_event_id": selectors.last_event_id(user=request.user),
-                },
-                status=status.HTTP_410_GONE,
-            )
-        return super().list(request)
-
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):  # schema generation
-            return Event.objects.none()
-        return selectors.event_list(user=self.request.user, after=self._after())
-
-    def _after(self) -> int:
-        try:
-            return max(0, int(self.request.query_params.get("after", 0)))
-        except ValueError as exc:
-            raise serializers.ValidationError({"after": ["A whole number."]}) from exc

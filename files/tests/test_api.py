@@ -7,7 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import OperationalError, connection
 from rest_framework.test import APIClient
 
-from files import services
+from files import dispatch, services
 from files.models import File
 
 from .factories import broken_bytes, server_4_bytes, upload
@@ -54,7 +54,7 @@ SEED_FIELDS = {
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
 
 
 def post_file(api: APIClient, content: bytes = b"", name: str = "metrics.json"):

@@ -13,7 +13,8 @@ from channels.testing import WebsocketCommunicator
 from rest_framework.authtoken.models import Token
 
 from dwellfi.asgi import application
-from files import services
+from files import dispatch, services
+from files import events as file_events
 from files.models import File
 from files.serializers import SUMMARY_SERVERS_BYTES
 from notifications.models import Event
@@ -29,7 +30,7 @@ ITEM_LIMIT = 4 * 1024
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_every_durable_event_of_a_huge_summary_stays_small(big):
 def test_progress_messages_are_tiny(user, rules, settings, monkeypatch):
     settings.DWELLFI_PROGRESS_INTERVAL = 0
     sent = []
-    monkeypatch.setattr(services, "send_live", lambda user_id, m: sent.append(m))
+    monkeypatch.setattr(file_events, "send_live", lambda user_id, m: sent.append(m))
     file = services.file_create(owner=user, upload=upload(long_named_servers_bytes()))
     services.file_process(file_id=file.pk, task_id=file.task_id)
 

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import connection
 
 from conftest import Process, free_port, live_env, start_web, wait_for
-from files import services
+from files import dispatch, services
 from files.models import AnomalyRule, File
 
 from .factories import (
@@ -309,7 +309,7 @@ def test_tiny_progress_messages_move_the_bars_and_nothing_else(
     `last_event_id`) is ignored."""
     from notifications.publisher import build_message, send_live
 
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
     file = services.file_create(
         owner=account, upload=upload(server_4_bytes(), "p.json")
     )

@@ -5,7 +5,7 @@ import io
 import pytest
 from django.core.management import CommandError, call_command
 
-from files import services
+from files import dispatch, services
 from files.models import File
 
 from .factories import broken_bytes, server_4_bytes
@@ -28,7 +28,7 @@ def sent(monkeypatch) -> list[int]:
     """The file ids handed to the broker (none is really sent)."""
     ids: list[int] = []
     monkeypatch.setattr(
-        services, "enqueue", lambda *, file_id, task_id: ids.append(file_id) or True
+        dispatch, "enqueue", lambda *, file_id, task_id: ids.append(file_id) or True
     )
     return ids
 
@@ -111,7 +111,7 @@ def test_no_wait_queues_for_the_workers_after_commit(
 def test_wait_polls_until_a_worker_is_done(user, rules, sample, monkeypatch, capsys):
     # A stand-in worker: processes each file as soon as its task is sent.
     monkeypatch.setattr(
-        services,
+        dispatch,
         "enqueue",
         lambda *, file_id, task_id: bool(
             services.file_process(file_id=file_id, task_id=task_id)

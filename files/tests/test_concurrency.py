@@ -29,7 +29,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from files import engine, services
+from files import dispatch, engine, leftovers, services
 from files.exceptions import FileGone
 from files.models import Anomaly, File, MetricRecord, PendingDeletion, RecordError
 from files.signals import batch_boundary
@@ -180,7 +180,7 @@ class WritePath(RuleBasedStateMachine):
 
     @initialize()
     def route_tasks_to_the_worker(self) -> None:
-        services.enqueue = self.worker.enqueue
+        dispatch.enqueue = self.worker.enqueue
 
     def _pick(self, index: int) -> File:
         ids = sorted([*self.content, *self.deleted])
@@ -267,7 +267,7 @@ class WritePath(RuleBasedStateMachine):
         try:
             self.worker.finish()
             for pending_id in PendingDeletion.objects.values_list("pk", flat=True):
-                assert services._purge(pending_id)
+                assert leftovers.purge(pending_id)
             self.every_outcome_is_that_of_the_current_content()
             for file in File.objects.filter(owner=self.owner):
                 assert file.is_final, file
@@ -313,7 +313,7 @@ def test_any_interleaving_of_requests_and_a_run_ends_consistent(
     (tmp_path / "uploads").mkdir()
     monkeypatch.setattr(engine, "BATCH_SIZE", 3)
     monkeypatch.setattr(services, "PIPELINE_FROM", 0 if pipelined else 10**9)
-    monkeypatch.setattr(services, "enqueue", services.enqueue)  # restored after
+    monkeypatch.setattr(dispatch, "enqueue", dispatch.enqueue)  # restored after
     WritePath.owner = user_create()
     WritePath.media = tmp_path
     run_state_machine_as_test(
@@ -333,7 +333,7 @@ def worker(monkeypatch) -> SteppedWorker:
         pytest.skip("needs PostgreSQL: on SQLite a run holds the only write lock")
     monkeypatch.setattr(engine, "BATCH_SIZE", 3)
     stepped = SteppedWorker()
-    monkeypatch.setattr(services, "enqueue", stepped.enqueue)
+    monkeypatch.setattr(dispatch, "enqueue", stepped.enqueue)
     yield stepped
     stepped.close()
 

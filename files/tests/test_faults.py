@@ -36,7 +36,7 @@ from conftest import (
     start_worker,
     wait_for,
 )
-from files import services
+from files import dispatch, services
 from files.models import Anomaly, File, MetricRecord
 from notifications.models import Event
 
@@ -69,12 +69,12 @@ def owner(rules):
 
 
 def sender(broker_url: str):
-    """`services.enqueue`, sending to the given broker instead of the suite's."""
+    """`dispatch.enqueue`, sending to the given broker instead of the suite's."""
 
     def enqueue(*, file_id: int, task_id: str) -> bool:
         with current_app.connection_for_write(url=broker_url) as connection:
             current_app.send_task(
-                services.PROCESS_TASK,
+                dispatch.PROCESS_TASK,
                 args=[file_id],
                 task_id=task_id,
                 connection=connection,
@@ -89,7 +89,7 @@ def enqueue_to(monkeypatch):
     """Uploads made in this process send their task to the given broker."""
 
     def point_at(broker_url: str) -> None:
-        monkeypatch.setattr(services, "enqueue", sender(broker_url))
+        monkeypatch.setattr(dispatch, "enqueue", sender(broker_url))
 
     return point_at
 
@@ -728,7 +728,7 @@ def test_a_file_locked_by_a_lingering_session_waits_for_it(
 
     from conftest import database_url
 
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
     file = services.file_create(owner=owner, upload=upload(server_4_bytes()))
     worker = start_worker(fault_env, tmp_path)
     lingering = psycopg.connect(database_url())

@@ -18,7 +18,7 @@ from pythonjsonlogger.json import JsonFormatter
 from rest_framework.authtoken.models import Token
 
 from dwellfi.log import TaskContext
-from files import services
+from files import dispatch, services
 from files.models import File
 from files.tasks import process_file
 
@@ -40,7 +40,7 @@ def records(caplog, message: str) -> list[logging.LogRecord]:
 
 @pytest.fixture
 def no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
 
 
 def post_file(api, **headers):

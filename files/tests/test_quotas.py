@@ -13,7 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.authtoken.models import Token
 
 from conftest import free_port, live_env, start_web
-from files import services
+from files import dispatch, services
 from files.exceptions import QuotaExceeded
 from files.models import UPLOADS_DIR, File
 from notifications.models import Event
@@ -27,7 +27,7 @@ SIZE = len(server_4_bytes())
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ def test_two_uploads_at_once_cannot_both_take_the_last_slot(
     at the owner's lock: one gets the slot, the other is refused and its bytes
     removed."""
     settings.DWELLFI_QUOTA_FILES = 1
-    store = services._store
+    store = services.upload_store
     both_stored = threading.Barrier(2)
 
     def store_then_wait(content):
@@ -169,7 +169,7 @@ def test_two_uploads_at_once_cannot_both_take_the_last_slot(
         both_stored.wait(timeout=10)
         return fields
 
-    monkeypatch.setattr(services, "_store", store_then_wait)
+    monkeypatch.setattr(services, "upload_store", store_then_wait)
     before = stored(settings)
 
     def attempt(n: int):

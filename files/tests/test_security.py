@@ -35,7 +35,7 @@ from conftest import (
     start_web,
 )
 from dwellfi.processes import web_command
-from files import services
+from files import dispatch, services
 from files.api.throttles import UploadThrottle
 from files.models import File
 
@@ -48,7 +48,7 @@ PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
 
 
 def multipart_file(content: bytes, filename: str = "metrics.json", **fields) -> dict:

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from files import selectors, services
+from files import dispatch, selectors, services
 from files.models import File
 
 from .factories import METRIC_NAMES, upload
@@ -19,7 +19,7 @@ START = datetime(2024, 9, 19, 10, tzinfo=UTC)
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
 
 
 def processed(user, rows: list) -> File:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from files import selectors, services
+from files import dispatch, selectors, services
 from files.models import File
 from files.serializers import SeedFileSerializer
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
 
 
 def create(user, content: bytes) -> File:

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from django.core.cache import cache
 from django.utils import timezone
-from rest_framework.exceptions import ValidationError
 
-from files import engine, services, sink
+from files import dispatch, engine, leftovers, services, sink
 from files.exceptions import FileGone
 from files.models import (
     Anomaly,
@@ -44,7 +43,7 @@ def enqueued(monkeypatch) -> list[tuple[int, str]]:
         sent.append((file_id, task_id))
         return True
 
-    monkeypatch.setattr(services, "enqueue", enqueue)
+    monkeypatch.setattr(dispatch, "enqueue", enqueue)
     return sent
 
 
@@ -108,9 +107,9 @@ def test_nothing_is_enqueued_before_commit(
     ],
 )
 def test_uploads_that_cannot_be_json_are_refused(user, enqueued, content, message):
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(services.UploadRefused) as caught:
         create(user, content)
-    assert message in str(caught.value.detail["file"][0])
+    assert message in str(caught.value)
     assert not File.objects.exists()
 
 
@@ -507,7 +506,7 @@ def broker(monkeypatch) -> list[str]:
     """The real `enqueue`, with the broker replaced by a list of the task ids sent."""
     sent: list[str] = []
     monkeypatch.setattr(
-        services.current_app,
+        dispatch.current_app,
         "send_task",
         lambda name, *, task_id, **options: sent.append(task_id),
     )
@@ -528,7 +527,7 @@ def test_recovery_leaves_a_waiting_task_alone_and_resends_a_lost_one(
     assert broker == [file.task_id]
 
     # Redis lost its queue (a restart without persistence): sent again, as it was.
-    cache.delete(services._enqueued_marker(file.task_id))
+    cache.delete(dispatch.enqueued_marker(file.task_id))
     assert services.files_recover_stuck() == {"requeued": 1, "failed": 0}
     assert broker == [file.task_id, file.task_id]
     assert services.files_recover_stuck() == {"requeued": 0, "failed": 0}
@@ -565,7 +564,7 @@ def test_the_sweep_removes_only_old_bytes_no_file_refers_to(user, enqueued, sett
     os.utime(orphan, (old, old))
     os.utime(file.content.path, (old, old))
 
-    assert services.files_sweep_leftovers() == 1
+    assert leftovers.files_sweep_leftovers() == 1
 
     assert not orphan.exists()
     assert fresh.exists() and Path(file.content.path).exists()

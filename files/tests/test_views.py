@@ -9,7 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.test import Client
 from django.urls import include, path
 
-from files import services
+from files import dispatch, services
 from files.models import File
 
 from .factories import broken_bytes, metrics_document, server_4_bytes, upload
@@ -37,7 +37,7 @@ handler500 = "files.api.errors.server_error"
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
 
 
 def processed(user, content: bytes) -> File:

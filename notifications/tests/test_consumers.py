@@ -12,7 +12,7 @@ from django.contrib.sessions.backends.db import SessionStore
 from rest_framework.authtoken.models import Token
 
 from dwellfi.asgi import application
-from files import services
+from files import dispatch, services
 from files.tests.factories import server_4_bytes, upload, user_create
 from notifications import consumers, publisher
 
@@ -25,7 +25,7 @@ PATH = "/notification/events"
 
 @pytest.fixture
 def no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
 
 
 @database_sync_to_async
@@ -262,7 +262,7 @@ async def test_bad_frames_are_answered_with_an_error_and_the_socket_stays_open()
 async def test_a_ping_flood_is_answered_without_reading_the_database_each_time(
     monkeypatch,
 ):
-    from files import selectors
+    from notifications import selectors
 
     user = await make_user()
     reads = []
@@ -294,7 +294,7 @@ async def test_a_ping_flood_is_answered_without_reading_the_database_each_time(
 async def test_one_users_slow_replay_does_not_hold_up_another_users(monkeypatch):
     """The consumers' queries run on threads of their own: while one user's replay
     takes seconds, another user connects, catches up and gets a live event."""
-    from files import selectors
+    from notifications import selectors
 
     slow, other = await make_user(), await make_user()
     slow_token, other_token = await token_for(slow), await token_for(other)

@@ -40,7 +40,7 @@ from conftest import (
     wait_for,
 )
 from dwellfi.asgi import application
-from files import services
+from files import dispatch, services
 from files.models import File
 from files.tests.factories import server_4_bytes, upload, user_create
 from notifications import publisher
@@ -378,7 +378,7 @@ def process_in_process(owner, count: int) -> list[int]:
 
 @pytest.fixture
 def no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
 
 
 def test_a_client_behind_the_retention_gets_a_reset_instead_of_a_gap(

@@ -7,7 +7,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings as django_settings
 from django.utils import timezone
 
-from files import services
+from files import dispatch, services
 from files.tests.factories import server_4_bytes, upload, user_create
 from notifications import tasks
 from notifications.models import Event, EventCursor
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
 
 
 def upload_for(user) -> int:

@@ -4,7 +4,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from files import services
+from files import dispatch, services
 from files.models import File
 from files.tests.factories import broken_bytes, server_4_bytes, upload
 from files.tests.test_api import SEED_FIELDS
@@ -21,7 +21,7 @@ pytestmark = [
 
 @pytest.fixture
 def no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(services, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
 
 
 @database_sync_to_async

@@ -20,10 +20,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django_guid import clear_guid, set_guid
 from django_guid.utils import generate_guid
-from rest_framework.exceptions import ValidationError
 
 from files import services
-from files.api.errors import first_message
 from files.models import File
 
 POLL_SECONDS = 0.2
@@ -122,8 +120,8 @@ class Command(BaseCommand):
                 with transaction.atomic():
                     file = services.file_create(owner=owner, upload=upload)
                     services.file_process(file_id=file.pk, task_id=file.task_id)
-            except ValidationError as exc:
-                self._say(path, f"refused: {first_message(exc.detail)}", ok=False)
+            except services.UploadRefused as exc:
+                self._say(path, f"refused: file: {exc}", ok=False)
                 return None
             except services.QuotaExceeded as exc:
                 self._say(path, f"refused: {exc}", ok=False)

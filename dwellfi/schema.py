@@ -1,11 +1,13 @@
-"""The OpenAPI description of every route, with the errors each one can answer."""
+"""The OpenAPI description of every route, with the errors each one can answer.
+
+The project's `DEFAULT_SCHEMA_CLASS`: every app's API is described the same way.
+"""
 
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiRequest
-
-from ..serializers import ErrorSerializer
+from rest_framework import serializers
 
 ERROR_DESCRIPTIONS = {
     "400": "Bad input (field errors are listed under `errors`), or a malformed "
@@ -25,6 +27,17 @@ ERROR_DESCRIPTIONS = {
 }
 PAGINATION_PARAMETERS = {"page", "page_size"}
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error: `detail`, and for bad input the field errors under `errors`."""
+
+    detail = serializers.CharField()
+    errors = serializers.DictField(
+        required=False,
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="Field name (`non_field_errors` for none) to its messages; 400 only.",
+    )
 
 
 def multipart(serializer: type, *json_parts: str) -> dict[str, OpenApiRequest]:

@@ -328,12 +328,15 @@ def _requeue(file: File, **changes: Any) -> None:
 
 
 def _enqueue_on_commit(file: File) -> None:
-    file_id, task_id = file.pk, file.task_id
-    transaction.on_commit(lambda: enqueue(file_id=file_id, task_id=task_id))
+    file_id, task_id, size = file.pk, file.task_id, file.size
+    transaction.on_commit(lambda: enqueue(file_id=file_id, task_id=task_id, size=size))
 
 
-def enqueue(*, file_id: int, task_id: str) -> bool:
+def enqueue(*, file_id: int, task_id: str, size: int) -> bool:
     """Send the processing task; when the broker is down the row stays queued.
+
+    A file of `size` DWELLFI_LARGE_FILE_BYTES or more goes to the large-file queue,
+    so that small files never wait behind large ones (settings).
 
     The periodic recovery job sends it again later, so a failure here is logged,
     never raised into the upload request. One quick retry covers a pooled connection
@@ -345,6 +348,7 @@ def enqueue(*, file_id: int, task_id: str) -> bool:
             PROCESS_TASK,
             args=[file_id],
             task_id=task_id,
+            queue=processing_queue(size),
             retry=True,
             retry_policy={
                 "max_retries": 1,
@@ -360,6 +364,14 @@ def enqueue(*, file_id: int, task_id: str) -> bool:
         return False
     cache.set(_enqueued_marker(task_id), 1, ENQUEUED_MARKER_SECONDS)
     return True
+
+
+def processing_queue(size: int) -> str:
+    """The queue that processes a file of `size` bytes."""
+    large = settings.DWELLFI_LARGE_FILE_BYTES
+    if large and size >= large:
+        return settings.DWELLFI_LARGE_FILE_QUEUE
+    return settings.CELERY_TASK_DEFAULT_QUEUE
 
 
 def _enqueued_marker(task_id: str) -> str:
@@ -705,12 +717,12 @@ def files_recover_stuck() -> dict[str, int]:
     waiting = list(
         File.objects.filter(
             status=File.Status.QUEUED, updated_at__lt=queued_before
-        ).values_list("pk", "task_id")
+        ).values_list("pk", "task_id", "size")
     )
-    markers = cache.get_many([_enqueued_marker(task_id) for _, task_id in waiting])
-    for file_id, task_id in waiting:
+    markers = cache.get_many([_enqueued_marker(task_id) for _, task_id, _ in waiting])
+    for file_id, task_id, size in waiting:
         if _enqueued_marker(task_id) not in markers and enqueue(
-            file_id=file_id, task_id=task_id
+            file_id=file_id, task_id=task_id, size=size
         ):
             counts["requeued"] += 1
     processing_before = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)

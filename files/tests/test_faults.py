@@ -734,7 +734,7 @@ def test_a_file_locked_by_a_lingering_session_waits_for_it(
     lingering = psycopg.connect(database_url())
     try:
         lingering.execute("SELECT pg_advisory_lock(%s, %s)", (0x0DF1, file.pk))
-        sender(redis_server.url)(file_id=file.pk, task_id=file.task_id)
+        sender(redis_server.url)(file_id=file.pk, task_id=file.task_id, size=file.size)
         wait_for(
             lambda: "transient error, retry in 2s" in worker.output(),
             timeout=30,

@@ -1,10 +1,11 @@
 # DwellFi's production image: daphne (web), Celery worker and beat all run from it;
 # docker-compose.yml chooses the command. Static files are collected at build time.
-# The browser libraries (uPlot, htmx) come from the npm registry, pinned by package-lock.json.
+# The browser libraries (uPlot, htmx) come from the npm registry, pinned by package-lock.json
+# (its dev dependency, the JSON parsing test suite, only for the tests).
 FROM node:20-slim AS node-deps
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+RUN npm ci --omit=dev --no-audit --no-fund
 
 FROM python:3.11-slim
 

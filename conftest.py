@@ -142,6 +142,7 @@ class LiveStack:
     ws_url: str
     web: Process
     worker: Process
+    worker_large: Process
 
 
 def start_process(
@@ -184,9 +185,16 @@ def start_worker(
     *,
     concurrency: int = 1,
     app: str = "dwellfi",
+    queues: str = "celery,large",
 ) -> Process:
+    """A worker of the default and the large-file queue, unless `queues` says."""
     return processes.start_worker(
-        name, env=env, logdir=logdir, concurrency=concurrency, app=app
+        name,
+        env=env,
+        logdir=logdir,
+        concurrency=concurrency,
+        app=app,
+        extra=("--pool", "prefork", "-Q", queues),
     )
 
 
@@ -249,14 +257,18 @@ def live_stack(
     env = live_env(_session_media(tmp_path_factory))
     port = free_port()
     web = start_web(env, logdir, port)
+    workers = []
     try:
-        worker = start_worker(env, logdir)
+        # The layout of `make run`: small files and large ones on workers of their own.
+        workers.append(start_worker(env, logdir, queues="celery"))
+        workers.append(start_worker(env, logdir, "worker-large", queues="large"))
     except Exception:
-        web.stop()
+        for process in [web, *workers]:
+            process.stop()
         raise
-    yield LiveStack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", web, worker)
-    worker.stop()
-    web.stop()
+    yield LiveStack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", web, *workers)
+    for process in [*workers, web]:
+        process.stop()
 
 
 # --- private servers and process helpers for the fault-injection tests -------------

@@ -80,7 +80,7 @@ def run(port: int) -> int:
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
         "DWELLFI_WEB_PORT": str(port),
     }
-    processes = ["web", "worker", "beat"]
+    processes = ["web", "worker", "worker-large", "beat"]
     if not env.get("REDIS_URL"):
         redis_port = free_port()
         env |= {

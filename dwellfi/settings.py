@@ -203,6 +203,14 @@ if not (
         "DWELLFI_VISIBILITY_TIMEOUT must hold"
     )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Files of at least this many bytes are processed from a queue of their own, served
+# by a worker of its own (`worker-large` in the Procfile and docker-compose.yml): a
+# 200 MB file keeps a worker process busy for about 10 s, and small files queued
+# behind two of them would wait that long. 0 sends every file to the default queue,
+# for a deployment that runs one kind of worker only.
+DWELLFI_LARGE_FILE_BYTES = env.int("DWELLFI_LARGE_FILE_BYTES", default=10 * 1024 * 1024)
+DWELLFI_LARGE_FILE_QUEUE = "large"
+CELERY_TASK_DEFAULT_QUEUE = "celery"
 # No STARTED row in the results table: writing it runs before the task body, so with
 # the database down the task would die there (acked, never retried). The file row
 # says when processing started.

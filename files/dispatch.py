@@ -5,6 +5,7 @@ import uuid
 from collections.abc import Iterable
 
 from celery import current_app
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
@@ -24,12 +25,15 @@ def new_task_id() -> str:
 
 def enqueue_on_commit(file: File) -> None:
     """Send the file's task once the transaction that queued it commits."""
-    file_id, task_id = file.pk, file.task_id
-    transaction.on_commit(lambda: enqueue(file_id=file_id, task_id=task_id))
+    file_id, task_id, size = file.pk, file.task_id, file.size
+    transaction.on_commit(lambda: enqueue(file_id=file_id, task_id=task_id, size=size))
 
 
-def enqueue(*, file_id: int, task_id: str) -> bool:
+def enqueue(*, file_id: int, task_id: str, size: int) -> bool:
     """Send the processing task; when the broker is down the row stays queued.
+
+    A file of `size` DWELLFI_LARGE_FILE_BYTES or more goes to the large-file queue,
+    so that small files never wait behind large ones (settings).
 
     The periodic recovery job sends it again later, so a failure here is logged,
     never raised into the upload request. One quick retry covers a pooled connection
@@ -41,6 +45,7 @@ def enqueue(*, file_id: int, task_id: str) -> bool:
             PROCESS_TASK,
             args=[file_id],
             task_id=task_id,
+            queue=processing_queue(size),
             retry=True,
             retry_policy={
                 "max_retries": 1,
@@ -56,6 +61,14 @@ def enqueue(*, file_id: int, task_id: str) -> bool:
         return False
     cache.set(enqueued_marker(task_id), 1, ENQUEUED_MARKER_SECONDS)
     return True
+
+
+def processing_queue(size: int) -> str:
+    """The queue that processes a file of `size` bytes."""
+    large = settings.DWELLFI_LARGE_FILE_BYTES
+    if large and size >= large:
+        return settings.DWELLFI_LARGE_FILE_QUEUE
+    return settings.CELERY_TASK_DEFAULT_QUEUE
 
 
 def enqueued_marker(task_id: str) -> str:

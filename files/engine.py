@@ -1,7 +1,7 @@
 """The processing engine: stream an uploaded JSON file into records and anomalies.
 
-`process()` reads the document with ijson's C parser (yajl) behind a cheap
-prefilter for what yajl gets wrong, walking its events with a pull-style
+`process()` reads the document through `jsonread` (yajl behind a cheap
+prefilter for what yajl gets wrong), walking its events with a pull-style
 walker that validates server-metrics records, checks them against the anomaly
 rules and hands them to a sink in batches. Should that fast pass fail for any
 reason, the strict tokenizer of `jsonstrict` reads the file again and the walk
@@ -41,7 +41,6 @@ Behaviour decided here:
 
 import gc
 import math
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
@@ -50,16 +49,10 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, BinaryIO, NamedTuple, Protocol
 
-import ijson
-
-from .jsonstrict import (
-    BOM,
-    CHUNK_SIZE,
-    MAX_DEPTH,
-    MAX_NUMBER_LENGTH,
-    JSONSyntaxError,
-)
-from .jsonstrict import basic_parse as strict_parse
+from .jsonread import CallerError, Progress, Unsafe, read_fast, read_strict
+from .jsonstrict import CHUNK_SIZE, MAX_DEPTH, MAX_NUMBER_LENGTH, JSONSyntaxError
+from .problems import TYPE_NAMES, pointer, record_problem
+from .summary import MetricStats, anomaly_text
 
 __all__ = [
     "BATCH_SIZE",
@@ -224,57 +217,8 @@ class DocumentInvalid(ProcessingError):
 # --- internals -------------------------------------------------------------------
 
 
-class _Unsafe(Exception):
-    """The fast pass cannot be trusted with this document."""
-
-
-class _CallerError(Exception):
-    """An exception from the caller's stream, sink or progress callback.
-
-    Wrapped so the fast pass's catch-all cannot mistake it for a parse failure;
-    `process` re-raises the original.
-    """
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-_TYPE_NAMES = {
-    "start_map": "object",
-    "start_array": "array",
-    "string": "string",
-    "number": "number",
-    "boolean": "boolean",
-    "null": "null",
-}
 # Record keys the walker looks at: metric name -> slot, timestamp -> -1.
 _FIELDS = {name: slot for slot, name in enumerate(METRICS)} | {"timestamp": -1}
-
-# Prefilter: byte classes for one bytes.translate(), much faster than a regex
-# scan. Number-like bytes become "9" (to find over-long runs), vertical tab and
-# form feed become "!" (yajl takes them for whitespace, JSON does not).
-_PREFILTER_TABLE = bytes(
-    0x39 if byte in b"-+0123456789.eE" else 0x21 if byte in b"\x0b\x0c" else 0x20
-    for byte in range(256)
-)
-# Finite doubles can add up to more than a double holds (1e308 + 1e308): such a
-# metric's sum is kept scaled down by 2**-600, far from both ends of the range.
-_SUM_SCALE = 600
-_LONG_NUMBER = b"9" * (MAX_NUMBER_LENGTH + 1)
-_OVERLAP = 128
-# yajl turns a lone high surrogate escape into "?" and pairs a high one with any
-# following \u escape; low ones it already refuses, but cheaply checked too.
-_LONE_SURROGATE = re.compile(
-    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-)
-# Quote-free stretches longer than this go to the strict tokenizer (linear),
-# as yajl might spend quadratic time on them.
-_LONG_TOKEN = 2 * 1024 * 1024
-# A high escape this close to the end of the data seen so far may still be
-# paired by the next chunk.
-_ESCAPE_PAIR_LENGTH = 12
 
 
 def _clean(text: str) -> str:
@@ -282,167 +226,10 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "")[:MAX_TEXT_LENGTH]
 
 
-def _shorten(text: str, limit: int = 60) -> str:
-    """A bounded quotation of document text for a message."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def _iso(moment: datetime) -> str:
-    """An ISO 8601 UTC timestamp with a Z, microseconds only when present."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return moment.replace(tzinfo=None).isoformat() + "Z"
-
-
-def _number_text(value: float) -> str:
-    """A number as people write it: no trailing .0 on integral floats."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return str(value)
-
-
-def _escape_token(token: str) -> str:
-    """One RFC 6901 reference token."""
-    return token.replace("~", "~0").replace("/", "~1")
-
-
-def _pointer(*tokens: str | int) -> str:
-    """An RFC 6901 pointer from keys and array indexes."""
-    return "".join(
-        f"/{token}" if isinstance(token, int) else "/" + _escape_token(token)
-        for token in tokens
-    )
-
-
-class _Progress:
-    """Reports the bytes read by the current pass as a fraction of the size.
-
-    A strict second pass starts again from 0.0: holding the first pass's
-    fraction instead would freeze it near 1.0 for the slower pass.
-    """
-
-    def __init__(self, size: int, report: Callable[[float], None] | None) -> None:
-        self.size = size
-        self.report = report
-
-    def __call__(self, count: int) -> None:
-        if self.report is not None and self.size > 0:
-            self._send(min(count / self.size, 1.0))
-
-    def finish(self) -> None:
-        """Report completion."""
-        if self.report is not None:
-            self._send(1.0)
-
-    def _send(self, fraction: float) -> None:
-        try:
-            self.report(fraction)
-        except Exception as exc:
-            raise _CallerError(exc) from exc
-
-
-class _Reader:
-    """The stream as both parsers read it: bytes counted, progress reported."""
-
-    def __init__(self, stream: BinaryIO, progress: _Progress) -> None:
-        self.stream = stream
-        self.progress = progress
-        self.count = 0
-
-    def _next_chunk(self, size: int) -> bytes:
-        try:
-            chunk = self.stream.read(size)
-        except Exception as exc:
-            raise _CallerError(exc) from exc
-        self.count += len(chunk)
-        self.progress(self.count)
-        return chunk
-
-    def read(self, size: int = CHUNK_SIZE) -> bytes:
-        """Up to `size` bytes; b"" at the end."""
-        if size == 0:
-            # ijson probes with read(0) to tell binary from text streams.
-            return b""
-        return self._next_chunk(size if size > 0 else CHUNK_SIZE)
-
-
-class _FastReader(_Reader):
-    """Feeds yajl: skips a UTF-8 BOM and refuses what yajl would get wrong."""
-
-    def __init__(self, stream: BinaryIO, progress: _Progress) -> None:
-        super().__init__(stream, progress)
-        self.started = False
-        self.ended = False
-        self.tail = b""
-        self.since_quote = 0
-
-    def read(self, size: int = CHUNK_SIZE) -> bytes:
-        """Up to `size` bytes, checked; raises _Unsafe on a prefilter hit."""
-        if size == 0 or self.ended:
-            return b""
-        size = size if size > 0 else CHUNK_SIZE
-        chunk = self._next_chunk(size)
-        if not self.started:
-            self.started = True
-            while chunk and len(chunk) < len(BOM):
-                more = self._next_chunk(size)
-                if not more:
-                    break
-                chunk += more
-            if chunk.startswith(BOM):
-                chunk = chunk[len(BOM) :]
-                if not chunk:
-                    # b"" would end yajl's input before the rest was read.
-                    return self.read(size)
-        tail = self.tail
-        # yajl lexes a token that spans chunks again from its start with every
-        # chunk: quadratic for a long string. A chunk holding a quote that is
-        # not escaped ends the current token as far as this bound goes (a quote
-        # after an escaped backslash passes for escaped: the safe mistake).
-        escaped = chunk.count(b'\\"') + (chunk[:1] == b'"' and tail[-1:] == b"\\")
-        if chunk.count(b'"') > escaped:
-            self.since_quote = 0
-        else:
-            self.since_quote += len(chunk)
-            if self.since_quote > _LONG_TOKEN:
-                raise _Unsafe
-        # Overlap with the previous chunk so nothing spanning the seam is missed.
-        data = tail + chunk
-        # Escapes starting in the tail were judged with the previous chunk,
-        # except the last few, which waited for what follows them.
-        start = max(len(tail) - _ESCAPE_PAIR_LENGTH, 0)
-        if _prefilter_hit(data, start, final=not chunk):
-            raise _Unsafe
-        self.tail = data[-_OVERLAP:]
-        if not chunk:
-            # yajl ignores an unterminated string after the document ('{} "x'):
-            # a final newline is whitespace after a valid document but an
-            # error inside a string. It is not counted as read.
-            self.ended = True
-            return b"\n"
-        return chunk
-
-
-def _prefilter_hit(data: bytes, start: int, *, final: bool) -> bool:
-    """Whether `data` holds something yajl would accept wrongly or mangle.
-
-    Surrogate escapes are judged from `start` on, and (unless `final`) not in
-    the last bytes, where the low half of a pair may still be on its way.
-    """
-    classes = data.translate(_PREFILTER_TABLE)
-    if b"!" in classes or _LONG_NUMBER in classes:
-        return True
-    if b"\\u" not in data:
-        return False
-    limit = len(data) if final else len(data) - _ESCAPE_PAIR_LENGTH
-    match = _LONE_SURROGATE.search(data, start)
-    return match is not None and match.start() < limit
-
-
 def _skip(nxt: Callable[[], tuple[str, Any]], depth: int) -> int:
     """Consume the rest of a container opened at `depth`; return its deepest level.
 
-    Raises _Unsafe past MAX_DEPTH: only yajl gets that far, the strict
+    Raises Unsafe past MAX_DEPTH: only yajl gets that far, the strict
     tokenizer stops there with a position.
     """
     level = deepest = depth
@@ -453,7 +240,7 @@ def _skip(nxt: Callable[[], tuple[str, Any]], depth: int) -> int:
             if level > deepest:
                 deepest = level
                 if deepest > MAX_DEPTH:
-                    raise _Unsafe
+                    raise Unsafe
         elif event == "end_map" or event == "end_array":
             level -= 1
             if level < depth:
@@ -503,11 +290,7 @@ class _Walk:
         self.anomalies_by_metric: Counter[str] = Counter()
         self.servers: list[dict[str, Any]] = []
         self.server_count = 0
-        # Per metric slot: [min, max, sum, count, scaled], None until seen; the sum
-        # is of the values times 2**-_SUM_SCALE once it is `scaled`.
-        self.stats: list[list[Any] | None] = [None] * len(METRICS)
-        self.first: datetime | None = None
-        self.last: datetime | None = None
+        self.stats = MetricStats(METRICS)
 
     def run(self, size_of: Callable[[], int]) -> Outcome:
         """Walk the whole document and return its outcome."""
@@ -532,7 +315,7 @@ class _Walk:
             json_summary = {"top_level_type": "array", "item_count": item_count}
         else:
             is_servers = False
-            json_summary = {"top_level_type": _TYPE_NAMES[event]}
+            json_summary = {"top_level_type": TYPE_NAMES[event]}
         # Pulling past the end lets the parser check there is nothing after it.
         next(self.events, None)
         self._flush()
@@ -571,12 +354,12 @@ class _Walk:
                         reason = "metrics is required"
                     else:
                         reason = f"metrics must be an array, got {found.metrics_type}"
-                    self._issue(_pointer(position), reason)
+                    self._issue(pointer(position), reason)
             else:
                 if is_servers:
-                    got = _TYPE_NAMES[event]
+                    got = TYPE_NAMES[event]
                     self._issue(
-                        _pointer(position), f"server must be an object, got {got}"
+                        pointer(position), f"server must be an object, got {got}"
                     )
                 if event == "start_map" or event == "start_array":
                     self.depth = max(self.depth, _skip(nxt, 2))
@@ -615,7 +398,7 @@ class _Walk:
                 valid += self._metrics(label, (*where, "metrics"), depth + 1)
                 continue
             if key == "metrics":
-                metrics_type = _TYPE_NAMES[event]
+                metrics_type = TYPE_NAMES[event]
             elif key == "server_id":
                 server_id = value if event == "string" else None
             elif key == "server_name":
@@ -653,7 +436,7 @@ class _Walk:
         record_type = Record
         anomaly_type = Anomaly
         infinity = math.inf
-        type_names = _TYPE_NAMES
+        type_names = TYPE_NAMES
         slot_count = len(METRICS)
         index = self.index
         record_depth = depth + 1
@@ -664,7 +447,7 @@ class _Walk:
         while event != "end_array":
             if event != "start_map":
                 message = f"record must be an object, got {type_names[event]}"
-                self._issue(_pointer(*where, position), message)
+                self._issue(pointer(*where, position), message)
                 if event == "start_array":
                     self.depth = max(self.depth, _skip(nxt, record_depth))
                 non_objects += 1
@@ -714,10 +497,12 @@ class _Walk:
                 except (ValueError, OverflowError):
                     stamp = None
             if stamp is None or suspect:
-                problem = _record_problem(stamp_event, stamp_text, stamp, values)
+                problem = record_problem(
+                    stamp_event, stamp_text, stamp, values, METRICS
+                )
                 if problem is not None:
                     field, message = problem
-                    self._issue(_pointer(*where, position, field), message)
+                    self._issue(pointer(*where, position, field), message)
                     index += 1
                     position += 1
                     continue
@@ -760,7 +545,7 @@ class _Walk:
         """Hand pending records and anomalies to the sink, folding them into stats."""
         records, anomalies = self.records, self.anomalies
         if records:
-            self._fold(records)
+            self.stats.fold(records)
         self.anomaly_count += len(anomalies)
         self.anomalies_by_metric.update(map(itemgetter(3), anomalies))
         try:
@@ -770,7 +555,7 @@ class _Walk:
             for start in range(0, len(anomalies), BATCH_SIZE):
                 self.sink.add_anomalies(anomalies[start : start + BATCH_SIZE])
         except Exception as exc:
-            raise _CallerError(exc) from exc
+            raise CallerError(exc) from exc
         # New lists rather than clear(): the sink may keep what it was given.
         self.records, self.anomalies = [], []
 
@@ -780,64 +565,17 @@ class _Walk:
             try:
                 self.sink.add_issues(self.issues)
             except Exception as exc:
-                raise _CallerError(exc) from exc
+                raise CallerError(exc) from exc
             self.issues = []
 
-    def _fold(self, records: list[Record]) -> None:
-        """Fold a batch into per-metric min/max/sum/count and the time span."""
-        stamps = [record[2] for record in records]
-        earliest, latest = min(stamps), max(stamps)
-        if self.first is None or earliest < self.first:
-            self.first = earliest
-        if self.last is None or latest > self.last:
-            self.last = latest
-        columns = zip(*[record[3] for record in records], strict=True)
-        for slot, column in enumerate(columns):
-            present = [number for number in column if number is not None]
-            if not present:
-                continue
-            stats = self.stats[slot]
-            if stats is None:
-                stats = self.stats[slot] = [present[0], present[0], 0.0, 0, False]
-            stats[0] = min(stats[0], *present)
-            stats[1] = max(stats[1], *present)
-            stats[3] += len(present)
-            if not stats[4]:
-                try:
-                    total = stats[2] + math.fsum(present)
-                except OverflowError:
-                    total = math.inf
-                if not math.isinf(total):
-                    stats[2] = total
-                    continue
-                # Finite doubles whose sum is not: from here on sum them scaled.
-                stats[2], stats[4] = math.ldexp(stats[2], -_SUM_SCALE), True
-            stats[2] += math.fsum([math.ldexp(n, -_SUM_SCALE) for n in present])
-
     def _summary(self, size: int) -> dict[str, Any]:
-        metrics = {}
-        for name, stats in zip(METRICS, self.stats, strict=True):
-            if stats is not None:
-                low, high, total, count, scaled = stats
-                mean = (
-                    math.ldexp(total / count, _SUM_SCALE) if scaled else total / count
-                )
-                metrics[name] = {
-                    "min": low,
-                    "max": high,
-                    # Rounding cannot take the mean outside the values' range.
-                    "mean": min(max(mean, low), high),
-                    "count": count,
-                }
         return {
             "servers": self.servers,
             "server_count": self.server_count,
             "record_count": self.record_count,
             "invalid_record_count": self.issue_count,
             "anomaly_count": self.anomaly_count,
-            "first_timestamp": None if self.first is None else _iso(self.first),
-            "last_timestamp": None if self.last is None else _iso(self.last),
-            "metrics": metrics,
+            **self.stats.summary(),
             "anomalies_by_metric": {
                 name: self.anomalies_by_metric[name]
                 for name in METRICS
@@ -846,35 +584,6 @@ class _Walk:
             "size": size,
             "depth": self.depth,
         }
-
-
-def _record_problem(
-    stamp_event: str | None,
-    stamp_text: Any,
-    stamp: datetime | None,
-    values: list[Any],
-) -> tuple[str, str] | None:
-    """The first problem of a record, as (field, message), or None if it is valid."""
-    if stamp_event is None:
-        return "timestamp", "timestamp is required"
-    if stamp_event != "string":
-        return (
-            "timestamp",
-            f"timestamp must be a string, got {_TYPE_NAMES[stamp_event]}",
-        )
-    if stamp is None:
-        try:
-            datetime.fromisoformat(stamp_text)
-        except (ValueError, OverflowError):
-            return "timestamp", f"timestamp is not ISO 8601: {_shorten(stamp_text)}"
-        # It parsed, so converting its offset to UTC went out of range.
-        return "timestamp", f"timestamp is out of range: {_shorten(stamp_text)}"
-    for name, value in zip(METRICS, values, strict=True):
-        if isinstance(value, float) and not math.isfinite(value):
-            return name, f"{name} must be a finite number"
-        if isinstance(value, str):
-            return name, f"{name} must be a number, got {value}"
-    return None
 
 
 def process(
@@ -930,14 +639,13 @@ def _process(
     on_progress: Callable[[float], None] | None,
 ) -> Outcome:
     """`process` itself, fast pass first, then the strict one if need be."""
-    progress = _Progress(size, on_progress)
+    progress = Progress(size, on_progress)
     stream = open_stream()
     with closing(stream):
-        reader = _FastReader(stream, progress)
-        events = ijson.basic_parse(reader, use_float=True, buf_size=CHUNK_SIZE)
+        events, size_of = read_fast(stream, progress)
         try:
-            outcome = _Walk(events, rules, sink, strict=False).run(lambda: reader.count)
-        except _CallerError as wrapped:
+            outcome = _Walk(events, rules, sink, strict=False).run(size_of)
+        except CallerError as wrapped:
             raise wrapped.error from None
         except DocumentInvalid:
             # Raised only once the parser reached the end without complaint.
@@ -952,12 +660,10 @@ def _process(
     sink.reset()
     stream = open_stream()
     with closing(stream):
-        reader = _Reader(stream, progress)
+        events, size_of = read_strict(stream, progress)
         try:
-            outcome = _Walk(strict_parse(reader), rules, sink, strict=True).run(
-                lambda: reader.count
-            )
-        except _CallerError as wrapped:
+            outcome = _Walk(events, rules, sink, strict=True).run(size_of)
+        except CallerError as wrapped:
             raise wrapped.error from None
         except JSONSyntaxError as exc:
             raise DocumentMalformed(
@@ -965,27 +671,3 @@ def _process(
             ) from None
     progress.finish()
     return outcome
-
-
-def anomaly_text(
-    anomalies: Iterable[Any], limit: int = 20, total: int | None = None
-) -> str:
-    """Anomalies as one line: "cpu_usage out of range: 800 at 2024-...Z, ...".
-
-    Takes `Anomaly` tuples or any objects with `metric`, `value` and
-    `timestamp`. At most `limit` are listed; when `total` (default: how many
-    were given) is larger, ", ... and N more" follows.
-    """
-    items = []
-    given = 0
-    for anomaly in anomalies:
-        given += 1
-        if given <= limit:
-            items.append(
-                f"{anomaly.metric} out of range: {_number_text(anomaly.value)} "
-                f"at {_iso(anomaly.timestamp)}"
-            )
-    more = (given if total is None else total) - len(items)
-    if more > 0:
-        items.append(f"... and {more} more")
-    return ", ".join(items)

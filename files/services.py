@@ -404,12 +404,12 @@ def files_recover_stuck() -> dict[str, int]:
     waiting = list(
         File.objects.filter(
             status=File.Status.QUEUED, updated_at__lt=queued_before
-        ).values_list("pk", "task_id")
+        ).values_list("pk", "task_id", "size")
     )
-    accepted = dispatch.accepted(task_id for _, task_id in waiting)
-    for file_id, task_id in waiting:
+    accepted = dispatch.accepted(task_id for _, task_id, _ in waiting)
+    for file_id, task_id, size in waiting:
         if task_id not in accepted and dispatch.enqueue(
-            file_id=file_id, task_id=task_id
+            file_id=file_id, task_id=task_id, size=size
         ):
             counts["requeued"] += 1
     processing_before = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)

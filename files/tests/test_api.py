@@ -54,7 +54,7 @@ SEED_FIELDS = {
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 def post_file(api: APIClient, content: bytes = b"", name: str = "metrics.json"):

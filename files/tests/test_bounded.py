@@ -30,7 +30,7 @@ ITEM_LIMIT = 4 * 1024
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 @pytest.fixture

@@ -309,7 +309,7 @@ def test_tiny_progress_messages_move_the_bars_and_nothing_else(
     `last_event_id`) is ignored."""
     from notifications.publisher import build_message, send_live
 
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
     file = services.file_create(
         owner=account, upload=upload(server_4_bytes(), "p.json")
     )

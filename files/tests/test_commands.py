@@ -28,7 +28,9 @@ def sent(monkeypatch) -> list[int]:
     """The file ids handed to the broker (none is really sent)."""
     ids: list[int] = []
     monkeypatch.setattr(
-        dispatch, "enqueue", lambda *, file_id, task_id: ids.append(file_id) or True
+        dispatch,
+        "enqueue",
+        lambda *, file_id, task_id, size: ids.append(file_id) or True,
     )
     return ids
 
@@ -113,7 +115,7 @@ def test_wait_polls_until_a_worker_is_done(user, rules, sample, monkeypatch, cap
     monkeypatch.setattr(
         dispatch,
         "enqueue",
-        lambda *, file_id, task_id: bool(
+        lambda *, file_id, task_id, size: bool(
             services.file_process(file_id=file_id, task_id=task_id)
         ),
     )

@@ -106,7 +106,7 @@ class SteppedWorker:
             self._go.release(1000)
             self.thread.join(30)
 
-    def enqueue(self, *, file_id: int, task_id: str) -> bool:
+    def enqueue(self, *, file_id: int, task_id: str, size: int) -> bool:
         self.queue.append((file_id, task_id))
         return True
 

@@ -71,7 +71,7 @@ def owner(rules):
 def sender(broker_url: str):
     """`dispatch.enqueue`, sending to the given broker instead of the suite's."""
 
-    def enqueue(*, file_id: int, task_id: str) -> bool:
+    def enqueue(*, file_id: int, task_id: str, size: int) -> bool:
         with current_app.connection_for_write(url=broker_url) as connection:
             current_app.send_task(
                 dispatch.PROCESS_TASK,
@@ -728,13 +728,13 @@ def test_a_file_locked_by_a_lingering_session_waits_for_it(
 
     from conftest import database_url
 
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
     file = services.file_create(owner=owner, upload=upload(server_4_bytes()))
     worker = start_worker(fault_env, tmp_path)
     lingering = psycopg.connect(database_url())
     try:
         lingering.execute("SELECT pg_advisory_lock(%s, %s)", (0x0DF1, file.pk))
-        sender(redis_server.url)(file_id=file.pk, task_id=file.task_id)
+        sender(redis_server.url)(file_id=file.pk, task_id=file.task_id, size=file.size)
         wait_for(
             lambda: "transient error, retry in 2s" in worker.output(),
             timeout=30,

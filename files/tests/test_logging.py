@@ -40,7 +40,7 @@ def records(caplog, message: str) -> list[logging.LogRecord]:
 
 @pytest.fixture
 def no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 def post_file(api, **headers):

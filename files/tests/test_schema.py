@@ -105,7 +105,7 @@ def in_transaction() -> None:
 
 @pytest.fixture
 def owned_file(user, rules, monkeypatch) -> File:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
     file = services.file_create(owner=user, upload=upload(server_4_bytes()))
     services.file_process(file_id=file.pk, task_id=file.task_id)
     file.refresh_from_db()

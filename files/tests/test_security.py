@@ -48,7 +48,7 @@ PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 def multipart_file(content: bytes, filename: str = "metrics.json", **fields) -> dict:

@@ -19,7 +19,7 @@ START = datetime(2024, 9, 19, 10, tzinfo=UTC)
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 def processed(user, rows: list) -> File:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 def create(user, content: bytes) -> File:

@@ -39,7 +39,7 @@ def enqueued(monkeypatch) -> list[tuple[int, str]]:
     """The tasks sent to the broker, instead of sending them."""
     sent: list[tuple[int, str]] = []
 
-    def enqueue(*, file_id: int, task_id: str) -> bool:
+    def enqueue(*, file_id: int, task_id: str, size: int) -> bool:
         sent.append((file_id, task_id))
         return True
 
@@ -569,3 +569,25 @@ def test_the_sweep_removes_only_old_bytes_no_file_refers_to(user, enqueued, sett
     assert not orphan.exists()
     assert fresh.exists() and Path(file.content.path).exists()
     fresh.unlink()
+
+
+@pytest.mark.parametrize(
+    ("size", "large_from", "queue"),
+    [
+        (10_000, 1_000_000, "celery"),
+        (999_999, 1_000_000, "celery"),
+        (1_000_000, 1_000_000, "large"),
+        (200_000_000, 0, "celery"),
+    ],
+)
+def test_large_files_are_sent_to_a_queue_of_their_own(
+    settings, monkeypatch, size, large_from, queue
+):
+    """Small files never wait behind large ones: each kind has its queue (0: one)."""
+    settings.DWELLFI_LARGE_FILE_BYTES = large_from
+    sent = []
+    monkeypatch.setattr(
+        dispatch.current_app, "send_task", lambda *args, **options: sent.append(options)
+    )
+    assert dispatch.enqueue(file_id=1, task_id="t", size=size)
+    assert sent[0]["queue"] == queue

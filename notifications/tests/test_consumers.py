@@ -25,7 +25,7 @@ PATH = "/notification/events"
 
 @pytest.fixture
 def no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 @database_sync_to_async

@@ -378,7 +378,7 @@ def process_in_process(owner, count: int) -> list[int]:
 
 @pytest.fixture
 def no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id: True)
+    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 def test_a_client_behind_the_retention_gets_a_reset_instead_of_a_gap(

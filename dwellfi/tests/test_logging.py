@@ -21,8 +21,7 @@ from dwellfi.log import TaskContext
 from files import dispatch, services
 from files.models import File
 from files.tasks import process_file
-
-from .factories import server_4_bytes, upload, user_create
+from files.tests.factories import server_4_bytes, upload, user_create
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from corsheaders.defaults import default_headers as default_cors_headers
 from django.core.exceptions import ImproperlyConfigured
 from django_guid.integrations import CeleryIntegration
 
@@ -32,6 +33,25 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # with a token; cookies are never sent cross-origin (no CORS_ALLOW_CREDENTIALS).
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
 CORS_URLS_REGEX = r"^/(api|files)/"
+# A tus client on another origin sends and reads the protocol's headers.
+TUS_HEADERS = [
+    "tus-resumable",
+    "upload-length",
+    "upload-metadata",
+    "upload-offset",
+    "upload-checksum",
+    "x-http-method-override",
+]
+CORS_ALLOW_HEADERS = [*default_cors_headers, *TUS_HEADERS]
+CORS_EXPOSE_HEADERS = [
+    "location",
+    "tus-version",
+    "tus-extension",
+    "tus-max-size",
+    "upload-expires",
+    "dwellfi-file-id",
+    *TUS_HEADERS,
+]
 
 INSTALLED_APPS = [
     "daphne",
@@ -238,6 +258,22 @@ CELERY_BEAT_SCHEDULE = {
 DWELLFI_MAX_UPLOAD_BYTES = env.int(
     "DWELLFI_MAX_UPLOAD_BYTES", default=200 * 1024 * 1024
 )
+# Resumable (tus) uploads at /api/uploads/ (docs/uploads.md): every request body is
+# one chunk of at most DWELLFI_UPLOAD_CHUNK_BYTES, so daphne, which holds a body
+# whole in memory, never holds more than that; the whole upload is up to
+# DWELLFI_MAX_RESUMABLE_BYTES. One unfinished after DWELLFI_UPLOAD_EXPIRY_SECONDS
+# without a chunk is deleted with its bytes.
+DWELLFI_UPLOAD_CHUNK_BYTES = env.int("DWELLFI_UPLOAD_CHUNK_BYTES", default=8 * 1024**2)
+DWELLFI_MAX_RESUMABLE_BYTES = env.int(
+    "DWELLFI_MAX_RESUMABLE_BYTES", default=2 * 1024**3
+)
+DWELLFI_UPLOAD_EXPIRY_SECONDS = env.int(
+    "DWELLFI_UPLOAD_EXPIRY_SECONDS", default=24 * 3600
+)
+CELERY_BEAT_SCHEDULE["files.expire_uploads"] = {
+    "task": "files.tasks.expire_uploads",
+    "schedule": timedelta(minutes=10),
+}
 DWELLFI_MAX_ATTEMPTS = env.int("DWELLFI_MAX_ATTEMPTS", default=3)
 # A queued file older than this is enqueued again (the broker may have been down).
 DWELLFI_QUEUED_GRACE_SECONDS = env.int("DWELLFI_QUEUED_GRACE_SECONDS", default=5 * 60)

@@ -12,7 +12,7 @@ from notifications.models import Event
 
 from . import services
 from .exceptions import FileGone
-from .models import Anomaly, AnomalyRule, File, RecordError, stored_fields
+from .models import Anomaly, AnomalyRule, File, RecordError, Upload, stored_fields
 
 
 def changelist_link(model, text: str, **filters: object) -> str:
@@ -187,3 +187,15 @@ class AnomalyRuleAdmin(admin.ModelAdmin):
     list_display = ["metric", "min_value", "max_value", "enabled", "updated_at"]
     list_editable = ["min_value", "max_value", "enabled"]
     list_filter = ["enabled"]
+
+
+@admin.register(Upload)
+class UploadAdmin(ReadOnlyAdmin):
+    """Resumable uploads: staff see them and may delete one (its bytes go with the
+    periodic job, or at once through `DELETE /api/uploads/ID/`)."""
+
+    list_display = ["filename", "owner", "offset", "length", "file_id", "expires"]
+    list_filter = ["expires"]
+    search_fields = ["filename", "owner__username", "=id"]
+    list_select_related = ["owner"]
+    readonly_fields = stored_fields(Upload)

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from .exceptions import Busy
 from .locks import processing_lock
-from .models import UPLOADS_DIR, File, PendingDeletion
+from .models import UPLOADS_DIR, File, PendingDeletion, Upload
 from .sink import results_clear
 from .uploads import upload_unstore
 
@@ -97,7 +97,7 @@ def files_sweep_leftovers() -> int:
         stored = {
             f"{UPLOADS_DIR}/{name}" for name in names[start : start + SWEEP_CHUNK]
         }
-        for model in (File, PendingDeletion):
+        for model in (File, PendingDeletion, Upload):
             stored -= set(
                 model.objects.filter(content__in=stored).values_list(
                     "content", flat=True

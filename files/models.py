@@ -19,6 +19,7 @@ __all__ = [
     "MetricRecord",
     "PendingDeletion",
     "RecordError",
+    "Upload",
 ]
 
 
@@ -291,6 +292,55 @@ class AnomalyRule(models.Model):
                     )
                 }
             )
+
+
+class Upload(models.Model):
+    """A resumable (tus) upload: bytes arriving chunk by chunk, then a File.
+
+    The chunks are appended to `content` in storage as they arrive; the last one
+    turns them into a File through the same service as a single-request upload.
+    An upload not finished by `expires` is deleted with its bytes (beat); a
+    finished one keeps only its row until then (its bytes are the file's).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads"
+    )
+    filename = models.CharField(
+        max_length=255, help_text="The client's filename (Upload-Metadata)."
+    )
+    filetype = models.CharField(
+        max_length=100, blank=True, help_text="The type the client declared."
+    )
+    length = models.PositiveBigIntegerField(help_text="Upload-Length: bytes in all.")
+    offset = models.PositiveBigIntegerField(
+        default=0, help_text="Bytes received and stored so far."
+    )
+    content = models.CharField(max_length=255, help_text="Where the bytes are stored.")
+    file = models.ForeignKey(
+        File,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The file the last chunk created.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires = models.DateTimeField(
+        help_text="Deleted after this, with its bytes if unfinished (Upload-Expires)."
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["expires"], name="upload_expires")]
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.offset} of {self.length} bytes)"
+
+    @property
+    def is_complete(self) -> bool:
+        return self.offset == self.length
 
 
 def stored_fields(

@@ -68,11 +68,14 @@ def file_create(
     upload: UploadedFile,
     name: str | None = None,
     declared_type: str = "",
+    stored: str | None = None,
 ) -> File:
     """Store an upload and queue it for processing once the row is committed.
 
-    Raises UploadRefused when it cannot be JSON, QuotaExceeded when the owner has
-    no room for it (nothing is kept either way).
+    `stored` names bytes already in storage (a resumable upload's, which `upload`
+    reads): they become the file's instead of a copy. Raises UploadRefused when it
+    cannot be JSON, QuotaExceeded when the owner has no room for it (nothing is
+    kept either way).
     """
     upload_check(upload)
     adding = {"files": 1, "size": upload.size, "processing": 1}
@@ -83,7 +86,7 @@ def file_create(
         name=display_name(name or upload.name or ""),
         declared_type=(declared_type or upload.content_type or "")[:100],
         task_id=dispatch.new_task_id(),
-        **upload_store(upload),
+        **upload_store(upload, stored),
     )
     try:
         with transaction.atomic():

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
-from . import leftovers, services
+from . import leftovers, resumable, services
 from .exceptions import Busy
 
 logger = logging.getLogger(__name__)
@@ -97,3 +97,9 @@ def recover_stuck_files() -> dict[str, int]:
 def sweep_leftovers() -> int:
     """Periodic: remove stored bytes no file refers to."""
     return leftovers.files_sweep_leftovers()
+
+
+@shared_task
+def expire_uploads() -> int:
+    """Periodic: delete resumable uploads past their expiry, and their bytes."""
+    return resumable.uploads_expire()

@@ -18,6 +18,8 @@ from .models import File
 
 # Room for the multipart boundaries and the small form fields around the file.
 MULTIPART_OVERHEAD = 64 * 1024
+# Resumable (tus) uploads: each body is a chunk (`files.api.tus`).
+RESUMABLE_PREFIX = "/api/uploads/"
 # What a JSON text can start with, after optional whitespace and a UTF-8 BOM.
 JSON_START = frozenset(b'{["-0123456789tfn')
 # Bidirectional formatting characters: "invoice\u202efdp.json" would show as
@@ -40,20 +42,18 @@ def upload_check(upload: UploadedFile) -> None:
         raise UploadRefused("The submitted file is not JSON.")
 
 
-def upload_store(upload: UploadedFile) -> dict[str, Any]:
-    """Save the bytes under a generated name, hashing them on the way; the fields
-    that describe them."""
+def upload_store(upload: UploadedFile, stored: str | None = None) -> dict[str, Any]:
+    """Save the bytes under a generated name (unless already `stored` under that
+    one), hashing them on the way; the fields that describe them."""
     digest = hashlib.sha256()
     for chunk in upload.chunks():
         digest.update(chunk)
     upload.seek(0)
-    holder = File()
-    holder.content.save("upload.json", upload, save=False)
-    return {
-        "content": holder.content.name,
-        "size": upload.size,
-        "sha256": digest.hexdigest(),
-    }
+    if stored is None:
+        holder = File()
+        holder.content.save("upload.json", upload, save=False)
+        stored = holder.content.name
+    return {"content": stored, "size": upload.size, "sha256": digest.hexdigest()}
 
 
 def upload_unstore(name: str) -> None:
@@ -100,7 +100,8 @@ class RequestBodyMiddleware:
     """Sizes a request body by what was received, not by its Content-Length.
 
     Under ASGI the whole body has arrived (spooled by Django) before any view runs.
-    A body over the limit is refused with 413 before anything parses it. A body
+    A body over the limit is refused with 413 before anything parses it: on
+    /api/uploads/ the limit is a chunk's (DWELLFI_UPLOAD_CHUNK_BYTES). A body
     sent without Content-Length (chunked) gets its real length: Django's multipart
     parser reads nothing without one, so such an upload would otherwise look empty.
     (daphne itself holds a body in memory whatever its size: put a limit in the
@@ -113,10 +114,16 @@ class RequestBodyMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         size = _received_size(request)
         if size is not None:
-            if size > settings.DWELLFI_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD:
+            if request.path.startswith(RESUMABLE_PREFIX):
+                # A resumable upload's body is one chunk, however large the file.
+                limit = settings.DWELLFI_UPLOAD_CHUNK_BYTES
+                detail = f"Chunk larger than the limit of {limit} bytes."
+            else:
+                limit = settings.DWELLFI_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD
+                detail = str(UploadTooLarge())
+            if size > limit:
                 return JsonResponse(
-                    {"detail": str(UploadTooLarge())},
-                    status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    {"detail": detail}, status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE
                 )
             if size and not request.META.get("CONTENT_LENGTH"):
                 request.META["CONTENT_LENGTH"] = str(size)

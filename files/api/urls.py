@@ -6,7 +6,7 @@ from rest_framework.routers import DefaultRouter
 
 from notifications.api import EventViewSet
 
-from . import seed
+from . import seed, tus
 from .views import FileViewSet
 
 router = DefaultRouter()
@@ -23,6 +23,8 @@ api_urlpatterns = [
         ),
         name="docs",
     ),
+    path("uploads/", tus.UploadListView.as_view(), name="upload-list"),
+    path("uploads/<uuid:pk>/", tus.UploadDetailView.as_view(), name="upload-detail"),
     path("", include(router.urls)),
 ]
 

@@ -164,8 +164,8 @@ def test_two_uploads_at_once_cannot_both_take_the_last_slot(
     store = services.upload_store
     both_stored = threading.Barrier(2)
 
-    def store_then_wait(content):
-        fields = store(content)
+    def store_then_wait(content, stored=None):
+        fields = store(content, stored)
         both_stored.wait(timeout=10)
         return fields
 

@@ -49,7 +49,18 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, BinaryIO, NamedTuple, Protocol
 
-from .jsonread import CallerError, Progress, Unsafe, read_fast, read_strict
+import msgspec
+from msgspec import UNSET
+
+from .jsonread import (
+    CallerError,
+    LooseRecord,
+    Progress,
+    RecordWindows,
+    Unsafe,
+    read,
+    read_strict,
+)
 from .jsonstrict import CHUNK_SIZE, MAX_DEPTH, MAX_NUMBER_LENGTH, JSONSyntaxError
 from .problems import TYPE_NAMES, pointer, record_problem
 from .summary import MetricStats, anomaly_text
@@ -226,6 +237,20 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "")[:MAX_TEXT_LENGTH]
 
 
+def _scalar_event(value: Any) -> tuple[str | None, Any]:
+    """The event a decoded scalar came from, and its value; (None, None) if UNSET."""
+    if value is UNSET:
+        return None, None
+    kind = type(value)
+    if kind is int or kind is float:
+        return "number", value
+    if kind is str:
+        return "string", value
+    if kind is bool:
+        return "boolean", value
+    return "null", None
+
+
 def _skip(nxt: Callable[[], tuple[str, Any]], depth: int) -> int:
     """Consume the rest of a container opened at `depth`; return its deepest level.
 
@@ -265,6 +290,7 @@ class _Walk:
         sink: Sink,
         *,
         strict: bool,
+        windows: RecordWindows | None = None,
     ) -> None:
         self.events = events
         self.nxt = events.__next__
@@ -272,6 +298,7 @@ class _Walk:
         # yajl refuses numbers that overflow a double; only the strict
         # tokenizer turns them into infinities that records must reject.
         self.check_finite = strict
+        self.windows = windows
         self.sink = sink
         bounds = {rule.metric: (rule.low, rule.high) for rule in rules}
         self.checks = tuple(
@@ -443,8 +470,23 @@ class _Walk:
         position = 0
         valid = 0
         non_objects = 0
+        windows = self.windows
+        if windows is not None:
+            windows.depth = depth
         event, value = nxt()
         while event != "end_array":
+            if event == "records":
+                self.index = index
+                taken = self._window(value, label, where, position)
+                valid += taken
+                index += len(value)
+                position += len(value)
+                # A flush may have started new lists.
+                records = self.records
+                add_record = records.append
+                add_anomaly = self.anomalies.append
+                event, value = nxt()
+                continue
             if event != "start_map":
                 message = f"record must be an object, got {type_names[event]}"
                 self._issue(pointer(*where, position), message)
@@ -525,9 +567,138 @@ class _Walk:
                 records = self.records
                 add_record = records.append
                 add_anomaly = self.anomalies.append
+        if windows is not None:
+            windows.depth = None
         self.index = index
         self.record_count += valid
         self.depth = max(self.depth, depth if position == non_objects else record_depth)
+        return valid
+
+    def _window(
+        self, structs: list[Any], label: str, where: tuple[int | str, ...], first: int
+    ) -> int:
+        """Check and keep a run of records decoded by msgspec; return the valid ones.
+
+        The same checks as `_metrics` makes on events, and the same results in
+        the same order, made a run at a time: a run of `TypedRecord`s (every
+        field present, a timestamp string and numbers) needs only its
+        timestamps parsed and its metric columns compared with the rules. A run
+        of `LooseRecord`s goes record by record through the walker's own checks.
+        msgspec refuses numbers beyond a double, so no value is infinite here.
+        """
+        if type(structs[0]) is LooseRecord:
+            return self._loose_window(structs, where, label, first)
+        from_iso = datetime.fromisoformat
+        utc = UTC
+        new = tuple.__new__
+        record_type = Record
+        index = self.index
+        position = first
+        kept: list[Record] = []
+        keep = kept.append
+        for fields in map(msgspec.structs.astuple, structs):
+            try:
+                stamp = from_iso(fields[0])
+                if stamp.tzinfo is not utc:
+                    if stamp.tzinfo is None:
+                        stamp = stamp.replace(tzinfo=utc)
+                    else:
+                        stamp = stamp.astimezone(utc)
+            except (ValueError, OverflowError):
+                field, message = record_problem(
+                    "string", fields[0], None, list(fields[1:]), METRICS
+                )
+                self._issue(pointer(*where, position, field), message)
+            else:
+                keep(new(record_type, (index, label, stamp, fields[1:])))
+            index += 1
+            position += 1
+        self.index = index
+        # Into the batches at their boundaries, as record by record.
+        start = 0
+        while start < len(kept):
+            room = BATCH_SIZE - len(self.records)
+            part = kept[start : start + room]
+            self._check_columns(part)
+            self.records += part
+            start += room
+            if len(self.records) >= BATCH_SIZE:
+                self._flush_records()
+        return len(kept)
+
+    def _check_columns(self, records: list[Record]) -> None:
+        """The anomalies of records whose metrics are all numbers, in record order."""
+        if not records:
+            return
+        columns = list(zip(*[record[3] for record in records], strict=True))
+        found = []
+        for order, (slot, metric, low, high) in enumerate(self.checks):
+            column = columns[slot]
+            if min(column) >= low and max(column) <= high:
+                continue
+            found += [
+                (position, order, metric, number, low, high)
+                for position, number in enumerate(column)
+                if number < low or number > high
+            ]
+        found.sort(key=itemgetter(0, 1))
+        new = tuple.__new__
+        self.anomalies += [
+            new(Anomaly, (record[0], record[2], record[1], metric, number, low, high))
+            for position, _, metric, number, low, high in found
+            for record in (records[position],)
+        ]
+
+    def _loose_window(
+        self, structs: list[Any], where: tuple[int | str, ...], label: str, first: int
+    ) -> int:
+        """A run of `LooseRecord`s, checked record by record like events."""
+        checks = self.checks
+        from_iso = datetime.fromisoformat
+        utc = UTC
+        index = self.index
+        position = first
+        valid = 0
+        for struct in structs:
+            fields = msgspec.structs.astuple(struct)
+            stamp_event, stamp_text = _scalar_event(fields[0])
+            kinds = [_scalar_event(v)[0] for v in fields[1:]]
+            # Absent is None, a number itself, anything else its type's name.
+            values = tuple(
+                None if kind is None else v if kind == "number" else TYPE_NAMES[kind]
+                for v, kind in zip(fields[1:], kinds, strict=True)
+            )
+            stamp = None
+            if stamp_event == "string":
+                try:
+                    stamp = from_iso(stamp_text)
+                    if stamp.tzinfo is not utc:
+                        if stamp.tzinfo is None:
+                            stamp = stamp.replace(tzinfo=utc)
+                        else:
+                            stamp = stamp.astimezone(utc)
+                except (ValueError, OverflowError):
+                    stamp = None
+            problem = record_problem(
+                stamp_event, stamp_text, stamp, list(values), METRICS
+            )
+            if problem is not None:
+                field, message = problem
+                self._issue(pointer(*where, position, field), message)
+            else:
+                for slot, metric, low, high in checks:
+                    number = values[slot]
+                    if number is not None and (number < low or number > high):
+                        self.anomalies.append(
+                            Anomaly(index, stamp, label, metric, number, low, high)
+                        )
+                self.records.append(Record(index, label, stamp, values))
+                valid += 1
+                if len(self.records) >= BATCH_SIZE:
+                    self._flush_records()
+            index += 1
+            position += 1
+        self.index = index
         return valid
 
     def _issue(self, pointer: str, message: str) -> None:
@@ -642,9 +813,15 @@ def _process(
     progress = Progress(size, on_progress)
     stream = open_stream()
     with closing(stream):
-        events, size_of = read_fast(stream, progress)
         try:
-            outcome = _Walk(events, rules, sink, strict=False).run(size_of)
+            reading = read(stream, progress)
+            # The records path is the strict tokenizer: its numbers may be
+            # infinite, as on the strict pass.
+            exact = reading.windows is not None
+            walk = _Walk(
+                reading.events, rules, sink, strict=exact, windows=reading.windows
+            )
+            outcome = walk.run(reading.size_of)
         except CallerError as wrapped:
             raise wrapped.error from None
         except DocumentInvalid:

@@ -14,21 +14,49 @@ document's events, the same `(event, value)` pairs as
   on every malformed document (`JSONSyntaxError` with its line, column and byte
   offset).
 
-Both read through `Reader`, which counts the bytes and reports progress; an error
+* The records path is the strict tokenizer itself, with runs of metrics records
+  taken whole by msgspec (`RecordWindows`): where the walker stands in a
+  `metrics` array, the tokenizer hands the bytes ahead to msgspec, which decodes
+  the complete records among them into typed structs, one ("records", structs)
+  event. A run is taken only when nothing in it needs the tokenizer's judgement:
+  plain ASCII, no escape, no number literal longer than `MAX_NUMBER_LENGTH`, no
+  nested array or object, msgspec's decode and its types without complaint (a
+  number that overflows a double is such a complaint). Anything else, and the
+  tokenizer reads those bytes itself, so outcomes, errors and their positions
+  are the strict path's.
+
+`read(stream, progress)` picks the path for a document: the records path when its
+first chunk names a `metrics` member, the fast path otherwise.
+
+All read through `Reader`, which counts the bytes and reports progress; an error
 from the caller's stream or progress callback comes out as `CallerError`, so that a
 fast pass's catch-all cannot take it for a parse failure.
 """
 
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import ijson
+import msgspec
+from msgspec import UNSET, UnsetType
 
 from .jsonstrict import BOM, CHUNK_SIZE, MAX_NUMBER_LENGTH
 from .jsonstrict import basic_parse as strict_parse
 
-__all__ = ["CallerError", "Progress", "Unsafe", "read_fast", "read_strict"]
+__all__ = [
+    "CallerError",
+    "LooseRecord",
+    "Progress",
+    "Reading",
+    "RecordWindows",
+    "TypedRecord",
+    "Unsafe",
+    "read",
+    "read_fast",
+    "read_records",
+    "read_strict",
+]
 
 Event = tuple[str, Any]
 
@@ -212,3 +240,158 @@ def read_strict(
     """The events of the strict tokenizer, and the bytes read so far."""
     reader = Reader(stream, progress)
     return strict_parse(reader), lambda: reader.count
+
+
+class Reading(NamedTuple):
+    """A document's events, the bytes read so far, and the record runs if any."""
+
+    events: Iterator[Event]
+    size_of: Callable[[], int]
+    # Set by the walker to the depth of the metrics array it stands in.
+    windows: "RecordWindows | None"
+
+
+# The fields of a metrics record, as msgspec decodes them. A `TypedRecord` is what
+# almost every record is: a timestamp string and every metric a number. A run that
+# does not fit is decoded again as `LooseRecord`s, whose fields take any scalar or
+# nothing (UNSET), so the walker can say what is wrong with a record; a nested
+# array or object fits neither and leaves the run to the tokenizer.
+Number = int | float
+Scalar = int | float | str | bool | None
+
+
+class TypedRecord(msgspec.Struct, gc=False):
+    """A metrics record of the expected types, every metric present."""
+
+    timestamp: str
+    cpu_usage: Number
+    memory_usage: Number
+    disk_read: Number
+    disk_write: Number
+    network_in: Number
+    network_out: Number
+    response_time: Number
+
+
+class LooseRecord(msgspec.Struct, gc=False):
+    """A metrics record whose fields may hold any scalar."""
+
+    timestamp: Scalar | UnsetType = UNSET
+    cpu_usage: Scalar | UnsetType = UNSET
+    memory_usage: Scalar | UnsetType = UNSET
+    disk_read: Scalar | UnsetType = UNSET
+    disk_write: Scalar | UnsetType = UNSET
+    network_in: Scalar | UnsetType = UNSET
+    network_out: Scalar | UnsetType = UNSET
+    response_time: Scalar | UnsetType = UNSET
+
+
+_TYPED = msgspec.json.Decoder(list[TypedRecord])
+_LOOSE = msgspec.json.Decoder(list[LooseRecord])
+# Byte classes of a run: "!" for what only the tokenizer may judge (a nested
+# array, the end of the records' array, an escape, any non-ASCII byte), "9" for
+# number-like bytes, to find over-long literals.
+_WINDOW_TABLE = bytes(
+    0x21
+    if byte in b"[]\\" or byte >= 0x80
+    else 0x39
+    if byte in b"-+0123456789.eE"
+    else 0x20
+    for byte in range(256)
+)
+
+
+class RecordWindows:
+    """Takes runs of whole metrics records for the strict tokenizer (msgspec).
+
+    `take` is given the tokenizer's buffer at an object opening an item of the
+    array at `depth`. It returns the records of the longest run of complete
+    records before anything it must not judge, and the index after the run; or
+    None, leaving the bytes to the tokenizer and trying again only past them.
+    """
+
+    def __init__(self) -> None:
+        self.depth: int | None = None
+        self.resume = 0
+
+    def take(
+        self, buf: bytearray, pos: int, end: int, base: int
+    ) -> tuple[list[TypedRecord] | list[LooseRecord], int] | None:
+        classes = buf.translate(_WINDOW_TABLE)
+        limit = end
+        doubt = classes.find(b"!", pos, end)
+        if doubt >= 0:
+            limit = doubt
+        long_number = classes.find(_LONG_NUMBER, pos, limit)
+        if long_number >= 0:
+            limit = long_number
+        if limit < end:
+            # The tokenizer reads the record holding it; runs start again after.
+            self.resume = base + limit + 1
+        last = buf.rfind(b"}", pos, limit)
+        if last < 0:
+            return None
+        stop = last + 1
+        data = b"[" + buf[pos:stop] + b"]"
+        try:
+            try:
+                records: list[Any] = _TYPED.decode(data)
+            except msgspec.ValidationError:
+                records = _LOOSE.decode(data)
+        except Exception:
+            # Malformed, a nested object, a number beyond a double, the run cut
+            # inside a string: the tokenizer reads these bytes.
+            self.resume = max(self.resume, base + stop)
+            return None
+        # Every "{" must open one of the records: an object nested under a key
+        # msgspec skipped would count in the document's depth.
+        if buf.count(b"{", pos, stop) != len(records):
+            self.resume = max(self.resume, base + stop)
+            return None
+        return records, stop
+
+
+def read_records(stream: BinaryIO, progress: Progress) -> Reading:
+    """The strict tokenizer's events, runs of metrics records taken by msgspec."""
+    reader = Reader(stream, progress)
+    windows = RecordWindows()
+    return Reading(strict_parse(reader, windows), lambda: reader.count, windows)
+
+
+# A document is read by the records path when its first chunk holds this.
+_RECORDS_HINT = b'"metrics"'
+
+
+def read(stream: BinaryIO, progress: Progress) -> Reading:
+    """The first pass over a document: the records path or the fast path.
+
+    Metrics documents name their `metrics` member in the first chunk; anything
+    else goes to yajl, which is faster than the tokenizer on what msgspec does
+    not take.
+    """
+    replay = _Replay(stream)
+    if _RECORDS_HINT in replay.head:
+        return read_records(replay, progress)
+    events, size_of = read_fast(replay, progress)
+    return Reading(events, size_of, None)
+
+
+class _Replay:
+    """A stream whose first chunk has been looked at, read again from the start."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        try:
+            self.head = stream.read(CHUNK_SIZE)
+        except Exception as exc:
+            raise CallerError(exc) from exc
+        self.pending = self.head
+
+    def read(self, size: int = -1) -> bytes:
+        if self.pending:
+            if 0 <= size < len(self.pending):
+                chunk, self.pending = self.pending[:size], self.pending[size:]
+                return chunk
+            chunk, self.pending = self.pending, b""
+            return chunk
+        return self.stream.read(size)

@@ -185,11 +185,37 @@ def _lone_surrogate(buf: bytearray, start: int, stop: int, base: int) -> _Fail:
     return _Fail(f"Lone surrogate {escape} in string", base + pending.start())
 
 
-def basic_parse(stream: SupportsRead) -> Iterator[Event]:
+class Windows(Protocol):
+    """Takes runs of whole records at once, where the caller asks for them.
+
+    `depth` is the nesting depth of the array whose items may be taken (None:
+    nowhere); `resume` the byte offset before which no run is tried again.
+    """
+
+    depth: int | None
+    resume: int
+
+    def take(
+        self, buf: bytearray, pos: int, end: int, base: int
+    ) -> tuple[Any, int] | None:
+        """Items starting at buf[pos] and the index after the last, or None."""
+        ...
+
+
+# A run of records is tried with at least this much of the document at hand.
+_WINDOW_MIN = CHUNK_SIZE // 2
+
+
+def basic_parse(
+    stream: SupportsRead, windows: Windows | None = None
+) -> Iterator[Event]:
     """Yield ijson-style events for the JSON document in `stream`.
 
     Raises JSONSyntaxError at the first problem; the events before it have
-    already been yielded.
+    already been yielded. With `windows`, an object opening an item of the
+    array at `windows.depth` may be read together with the items after it by
+    `windows.take`, which comes out as one ("records", items) event; whatever
+    it declines is tokenized here as usual, so the outcome is the same.
     """
     read = stream.read
     # A bytearray: a token spanning many chunks grows in place instead of
@@ -340,6 +366,29 @@ def basic_parse(stream: SupportsRead) -> Iterator[Event]:
                 else:
                     raise _unexpected(buf, pos, base, "Expecting a string key")
                 continue
+
+            if (
+                byte == 0x7B
+                and windows is not None
+                and len(stack) == windows.depth
+                and not stack[-1]
+                and base + pos >= windows.resume
+            ):
+                if end - pos < _WINDOW_MIN and not eof:
+                    need_more = True
+                    continue
+                taken = windows.take(buf, pos, end, base)
+                if taken is not None:
+                    items, stop = taken
+                    newlines = buf.count(b"\n", pos, stop)
+                    if newlines:
+                        line += newlines
+                        col_from = base + buf.rindex(b"\n", pos, stop) + 1
+                        col_carry = 0
+                    pos = stop
+                    state = _NEXT
+                    yield ("records", items)
+                    continue
 
             if byte == 0x7B or byte == 0x5B:
                 if len(stack) >= MAX_DEPTH:

@@ -127,6 +127,15 @@ def server_doc(records: list, **fields) -> bytes:
     return json.dumps({"server_id": "s1", **fields, "metrics": records}).encode()
 
 
+def yajl_doc(records: list, **fields) -> bytes:
+    """A server document whose `metrics` member starts past the first chunk.
+
+    `jsonread.read` gives it to the yajl fast pass rather than the records path:
+    for the tests of that pass and of the strict pass after it.
+    """
+    return server_doc(records, padding="p" * jsonstrict.CHUNK_SIZE, **fields)
+
+
 def sample_like(count: int = 9) -> bytes:
     """A document laid out like the real samples: one server, indented records."""
     records = [
@@ -599,10 +608,14 @@ def test_every_metrics_array_of_a_server_is_processed() -> None:
     ],
 )
 def test_huge_string(text: str, resets: int) -> None:
-    doc = server_doc([record(note=text), record()], server_name="big")
+    doc = yajl_doc([record(note=text), record()], server_name="big")
     outcome, sink = run(doc)
     assert outcome.record_count == 2
     assert sink.resets == resets
+    # The records path reads it once, with the tokenizer where msgspec may not.
+    outcome, sink = run(server_doc([record(note=text), record()], server_name="big"))
+    assert outcome.record_count == 2
+    assert sink.resets == 0
     # The string across many reads of the strict tokenizer.
     assert ("string", text) in strict_events(doc, step=50_000)
 
@@ -799,7 +812,7 @@ def test_sink_reset_on_fallback_leaves_no_duplicates() -> None:
     records = [record() for _ in range(count)]
     # Integers beyond 64 bits are valid JSON that only the strict pass reads.
     records[-1]["big"] = 10**30
-    outcome, sink = run(server_doc(records))
+    outcome, sink = run(yajl_doc(records))
     assert sink.resets == 1
     assert outcome.record_count == count
     assert [r.index for r in sink.records] == list(range(count))
@@ -831,7 +844,7 @@ def test_progress_reaches_one() -> None:
 
 def test_progress_restarts_for_the_strict_pass() -> None:
     # Found at the end, so the fast pass has read everything before it bails out.
-    big_int_at_end = server_doc([record()] * 2000 + [record(big=10**30)])
+    big_int_at_end = yajl_doc([record()] * 2000 + [record(big=10**30)])
     for doc, succeeds in ((big_int_at_end, True), (sample_like(500) + b"x", False)):
         reports, succeeded = progress_reports(doc)
         assert succeeded is succeeds

@@ -146,9 +146,11 @@ class File(models.Model):
 class MetricRecord(models.Model):
     """One valid metrics record of a file."""
 
-    # The unique (file, index) constraint serves lookups by file: no index of its own,
-    # which would only slow down the COPY of a large file. No foreign key in the
-    # database either (RESULT_FILE_NOTE).
+    # Keyed by (file, index): the one index the table has, which serves lookups by
+    # file and the chart's range scans. No surrogate id or index of the file's own,
+    # each of which would only slow down the COPY of a large file; no foreign key
+    # in the database either (RESULT_FILE_NOTE).
+    pk = models.CompositePrimaryKey("file", "index")
     file = models.ForeignKey(
         File,
         on_delete=models.DO_NOTHING,
@@ -169,9 +171,6 @@ class MetricRecord(models.Model):
 
     class Meta:
         ordering = ["file", "index"]
-        constraints = [
-            models.UniqueConstraint(fields=["file", "index"], name="record_file_index"),
-        ]
 
     def __str__(self) -> str:
         return f"record {self.index} of file {self.file_id}"

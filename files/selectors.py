@@ -187,7 +187,7 @@ def _bucket_query(
             min=Min(metric),
             max=Max(metric),
             mean=mean,
-            count=Count("id"),
+            count=Count("index"),
             first=Min("index"),
             last=Max("index"),
         )

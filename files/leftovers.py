@@ -14,7 +14,7 @@ from django.utils import timezone
 from .exceptions import Busy
 from .locks import processing_lock
 from .models import UPLOADS_DIR, File, PendingDeletion, Upload
-from .sink import results_clear
+from .sink import RESULT_MODELS, results_clear
 from .uploads import upload_unstore
 
 logger = logging.getLogger(__name__)
@@ -107,4 +107,24 @@ def files_sweep_leftovers() -> int:
             if storage.get_modified_time(name) < before:
                 storage.delete(name)
                 removed += 1
+    return removed
+
+
+def results_sweep_orphans() -> int:
+    """Remove results whose file no longer exists; how many rows were removed.
+
+    Results have no foreign key in the database (RESULT_FILE_NOTE in models.py):
+    deleting a file leaves a PendingDeletion that removes them after commit, and
+    this backstop removes any that outlived their file all the same. Files with a
+    deletion still pending are left to it. No run can add rows for a file that is
+    gone: a run commits only while its file is at the generation it claimed.
+    """
+    existing = File.objects.values("pk")
+    pending = PendingDeletion.objects.filter(file_id__isnull=False).values("file_id")
+    removed = 0
+    for model in RESULT_MODELS:
+        orphans = model.objects.exclude(file_id__in=existing).exclude(
+            file_id__in=pending
+        )
+        removed += orphans.delete()[0]
     return removed

@@ -94,9 +94,12 @@ def recover_stuck_files() -> dict[str, int]:
 
 
 @shared_task
-def sweep_leftovers() -> int:
-    """Periodic: remove stored bytes no file refers to."""
-    return leftovers.files_sweep_leftovers()
+def sweep_leftovers() -> dict[str, int]:
+    """Periodic: remove stored bytes no file refers to, and results no file has."""
+    return {
+        "stored_files": leftovers.files_sweep_leftovers(),
+        "result_rows": leftovers.results_sweep_orphans(),
+    }
 
 
 @shared_task

@@ -1,16 +1,18 @@
 """The processing engine: stream an uploaded JSON file into records and anomalies.
 
-`process()` reads the document through `jsonread` (yajl behind a cheap
-prefilter for what yajl gets wrong), walking its events with a pull-style
-walker that validates server-metrics records, checks them against the anomaly
-rules and hands them to a sink in batches. Should that fast pass fail for any
-reason, the strict tokenizer of `jsonstrict` reads the file again and the walk
-restarts from scratch after `sink.reset()`: a syntax error becomes
-`DocumentMalformed` with its position, while a valid document that yajl
-refused (an integer beyond 64 bits, say) is processed by this strict pass, so
-results never depend on yajl's quirks. The strict pass validates and walks at
-once (one read, not two); if it meets a syntax error the sink holds partial
-results, which the caller discards along with the failed file.
+`process()` reads the document through `jsonread`: a metrics document by the
+strict tokenizer with runs of records decoded by msgspec (`_Walk._window` checks
+a run at once), anything else by yajl behind a cheap prefilter for what yajl
+gets wrong, walking its events with a pull-style walker that validates
+server-metrics records, checks them against the anomaly rules and hands them to
+a sink in batches. Should a first pass fail for any reason, the strict
+tokenizer of `jsonstrict` reads the file again and the walk restarts from
+scratch after `sink.reset()`: a syntax error becomes `DocumentMalformed` with
+its position, while a valid document that yajl refused (an integer beyond 64
+bits, say) is processed by this strict pass, so results never depend on
+yajl's or msgspec's quirks. The strict pass validates and walks at once (one
+read, not two); if it meets a syntax error the sink holds partial results,
+which the caller discards along with the failed file.
 
 Memory stays bounded by one batch plus the largest single JSON token, whatever
 the file size. This module is pure Python (no Django) so it can be tested and

@@ -317,14 +317,15 @@ class RecordWindows:
     def take(
         self, buf: bytearray, pos: int, end: int, base: int
     ) -> tuple[list[TypedRecord] | list[LooseRecord], int] | None:
-        classes = buf.translate(_WINDOW_TABLE)
+        # Only what lies ahead: what was read before may be long.
+        classes = buf[pos:end].translate(_WINDOW_TABLE)
         limit = end
-        doubt = classes.find(b"!", pos, end)
+        doubt = classes.find(b"!")
         if doubt >= 0:
-            limit = doubt
-        long_number = classes.find(_LONG_NUMBER, pos, limit)
+            limit = pos + doubt
+        long_number = classes.find(_LONG_NUMBER, 0, limit - pos)
         if long_number >= 0:
-            limit = long_number
+            limit = pos + long_number
         if limit < end:
             # The tokenizer reads the record holding it; runs start again after.
             self.resume = base + limit + 1

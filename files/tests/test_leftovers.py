@@ -4,19 +4,15 @@ import json
 
 import pytest
 
-from files import dispatch, leftovers, services, tasks
+from files import leftovers, services, tasks
 from files.models import Anomaly, File, MetricRecord, PendingDeletion, RecordError
 
 from .factories import metrics_document, server_4_bytes, upload
 
-pytestmark = pytest.mark.django_db
+# Tasks are handed to conftest's stand-in broker (`sent`), processed here by hand.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent")]
 
 RESULT_MODELS = (MetricRecord, Anomaly, RecordError)
-
-
-@pytest.fixture(autouse=True)
-def not_enqueued(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda **task: True)
 
 
 def processed(user, content: bytes) -> File:

@@ -59,7 +59,7 @@ def key_by_id(apps, schema_editor) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("files", "0005_uploads"),
+        ("files", "0006_upload_multipart"),
     ]
 
     operations = [

@@ -316,7 +316,8 @@
       return;
     }
     var text = D.errorMessage(result.status, result.text);
-    if (result.status === 413 && !/limit|large/i.test(text)) text += ' The limit is ' + maxLabel + '.';
+    var limit = job.file.size > resumableFrom ? resumable.maxLabel : maxLabel;
+    if (result.status === 413 && !/limit|large/i.test(text)) text += ' The limit is ' + limit + '.';
     if (result.status === 429 && result.retryAfter && /^\d+$/.test(result.retryAfter)) {
       text += ' (retry in ' + result.retryAfter + ' s)';
     }

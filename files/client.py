@@ -191,8 +191,14 @@ def upload(
         on_progress(uploader.offset, length)
     file_id = _file_id(server, uploader)
     if storage is not None:
-        storage.remove_item(uploader._get_fingerprint())
+        storage.remove_item(_storage_key(uploader))
     return file_id
+
+
+def _storage_key(uploader: Uploader) -> str:
+    """The key the upload's URL is stored under (tuspy's own way)."""
+    with uploader.get_file_stream() as stream:
+        return uploader.fingerprinter.get_fingerprint(stream)
 
 
 def _uploader(server, source, name, chunk_size, storage, fingerprinter) -> Uploader:
@@ -230,7 +236,7 @@ def _give_up_unless_retryable(
     gone = status in (400, 403, 404, 410, 413, 415)
     if gone and storage is not None:
         # The server ended the upload (a refused file) or never will take it.
-        storage.remove_item(uploader._get_fingerprint())
+        storage.remove_item(_storage_key(uploader))
     raise UploadFailed(_failure(exc), offset=None if gone else uploader.offset) from exc
 
 

@@ -62,10 +62,8 @@ class CuttingProxy:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             pair = (downstream, upstream)
-            threading.Thread(target=self._pump, args=(*pair, pair, True)).start()
-            threading.Thread(
-                target=self._pump, args=(upstream, downstream, pair)
-            ).start()
+            for args in ((*pair, pair, True), (upstream, downstream, pair)):
+                threading.Thread(target=self._pump, args=args, daemon=True).start()
 
     def _pump(self, source, target, pair, to_server: bool = False) -> None:
         try:

@@ -6,6 +6,7 @@ chunk, after a given number of bytes: the upload goes on from the server's offse
 and the file ends processed with exact counts.
 """
 
+import contextlib
 import hashlib
 import io
 import os
@@ -300,7 +301,10 @@ def peak_rss(pid: int) -> int:
 
 
 def reset_peak_rss(pid: int) -> None:
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    """Start the peak over from the current RSS (Linux: clear_refs 5). Where that
+    is not allowed the peak since start is kept: still an upper bound."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def test_daphne_memory_stays_flat_during_a_large_resumable_upload(

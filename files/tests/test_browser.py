@@ -1016,3 +1016,40 @@ def test_a_paused_upload_can_be_discarded(page, small_chunk_web, account, tmp_pa
     expect(page.locator(".upload-item")).to_have_count(0)
     assert not File.objects.filter(owner=account).exists()
     page.unroute_all(behavior="ignoreErrors")
+
+
+def test_a_lost_answer_to_the_last_chunk_still_shows_the_file(
+    page, small_chunk_web, account, tmp_path
+):
+    records = 3_000
+    path = tmp_path / "lost-answer.json"
+    path.write_bytes(metrics_bytes(records))  # two chunks
+    chunks = len(range(0, path.stat().st_size, RESUMABLE_CHUNK))
+    patches = []
+
+    def deliver_then_drop_the_last_answer(route, request) -> None:
+        if request.method == "PATCH":
+            patches.append(int(request.headers["upload-offset"]))
+            if len(patches) == chunks:
+                route.fetch()  # the server takes the last chunk and makes the file
+                route.abort("connectionreset")  # and its answer never arrives
+                return
+        route.continue_()
+
+    page.route("**/api/uploads/**", deliver_then_drop_the_last_answer)
+    sign_in(page, small_chunk_web.base_url, account)
+    page.set_input_files("#upload-input", str(path))
+    item = page.locator(".upload-item", has_text="lost-answer.json")
+    expect(item).to_have_attribute("data-state", "done")
+    file = File.objects.get(owner=account)
+    expect(item.get_by_role("link", name="Open lost-answer.json")).to_have_attribute(
+        "href", f"/f/{file.pk}/"
+    )
+    file_row = row(page, "lost-answer.json")
+    expect(file_row.locator("[data-role=status]")).to_have_text("processed")
+    expect(file_row.locator("[data-role=records]")).to_have_text(str(records))
+    # The retry found every byte on the server (HEAD) and sent none again.
+    assert len(patches) == chunks
+    assert File.objects.filter(owner=account).count() == 1
+    expect(page.locator("tr.file-row")).to_have_count(1)
+    page.unroute_all(behavior="ignoreErrors")

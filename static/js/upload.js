@@ -103,13 +103,30 @@
         if (id) fileId = id;
       },
       onSuccess: function () {
-        D.api('GET', '/api/files/' + encodeURIComponent(fileId) + '/').then(function (result) {
-          var resource = result.ok && result.data ? result.data : { id: Number(fileId) };
-          settle({ ok: true, status: 201, data: resource, text: '', retryAfter: null });
+        createdFile().then(function (id) {
+          if (id === null) {
+            settle({ ok: false, status: 0, data: null, text: '', retryAfter: null });
+            return;
+          }
+          D.api('GET', '/api/files/' + encodeURIComponent(id) + '/').then(function (result) {
+            var resource = result.ok && result.data ? result.data : { id: Number(id) };
+            settle({ ok: true, status: 201, data: resource, text: '', retryAfter: null });
+          });
         });
       },
       onError: function (error) { settle(answer(error.originalResponse)); }
     });
+
+    /** The file the upload made: named by the last chunk's answer or, when that
+     * answer was lost and the resumed upload found every byte there, by the
+     * upload's own resource (`file`). */
+    function createdFile() {
+      if (fileId) return Promise.resolve(fileId);
+      return D.api('GET', upload.url).then(function (result) {
+        var id = result.ok && result.data ? result.data.file : null;
+        return id === null || id === undefined ? null : String(id);
+      });
+    }
 
     function start() {
       return upload.findPreviousUploads().then(function (previous) {

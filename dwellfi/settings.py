@@ -235,6 +235,9 @@ CELERY_TASK_DEFAULT_QUEUE = "celery"
 # the database down the task would die there (acked, never retried). The file row
 # says when processing started.
 CELERY_TASK_TRACK_STARTED = False
+# Tasks whose results are not kept (a file's: its row is the outcome) still record
+# their failures and retries in the results table, for the admin.
+CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED = True
 # Celery's Django fixup closes the connection pool of a prefork child at every task
 # boundary (celery#10554): every task then built a pool and its connection again,
 # 5-6 ms of a small file's 30 ms. With DB_REUSE_MAX it does so only every that many

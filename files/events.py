@@ -41,10 +41,11 @@ def file_events_publish(
     events: Sequence[tuple[str, dict]],
     *,
     earlier: Sequence[FileEvent] = (),
+    reserved: int | None = None,
 ) -> int:
     """Record `events` ((type, extra fields) pairs) about the file as it is now, in
     the current transaction, after the `earlier` ones; sent after commit. The
-    last one's id."""
+    last one's id (`reserved`: as `publish`)."""
     resource = file_resource(file)
     return publish(
         user_id=file.owner_id,
@@ -59,6 +60,7 @@ def file_events_publish(
         resource=[*(made for *_, made in earlier), *[resource] * len(events)]
         if earlier
         else resource,
+        reserved=reserved,
     )
 
 

@@ -108,10 +108,14 @@ def file_create(
     )
     try:
         with transaction.atomic():
-            events_lock(owner.pk)
+            # The owner's turn, and the id of the event that reports the upload:
+            # the row is inserted with it, in one statement, not updated after.
+            file.last_event_id = events_lock(owner.pk, reserve=1)
             quota_check(owner_id=owner.pk, **adding)  # again, the owner's turn held
             file.save(force_insert=True)
-            _save(file, {}, ("file.queued", {}))
+            file_events_publish(
+                file, [("file.queued", {})], reserved=file.last_event_id
+            )
             dispatch.enqueue_on_commit(file)
     except BaseException:
         upload_unstore(file.content.name)

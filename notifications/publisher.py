@@ -53,6 +53,7 @@ def publish(
     file_id: int | None,
     events: Sequence[tuple[str, dict[str, Any]]],
     resource: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+    reserved: int | None = None,
 ) -> int:
     """Record durable events in the current transaction and send them once it
     commits; the last one's id. The one way an event leaves the service.
@@ -64,8 +65,11 @@ def publish(
     last of these ids (the caller writes the same to the file's row). A list of
     resources gives each event its own (the file as that event left it): each
     resource is stamped with the id of the last event that carries it.
+
+    `reserved`: the last of the ids `events_lock(reserve=len(events))` took for
+    these events earlier in the transaction.
     """
-    last = _reserve(user_id, len(events))
+    last = reserved if reserved is not None else _reserve(user_id, len(events))
     ids = range(last - len(events) + 1, last + 1)
     if resource is None or isinstance(resource, dict):
         resources = [resource] * len(events)
@@ -106,11 +110,15 @@ def publish(
     return last
 
 
-def events_lock(user_id: int) -> None:
+def events_lock(user_id: int, *, reserve: int = 0) -> int:
     """Hold the user's event cursor row until the transaction ends, as publishing
     an event does: what makes a user's writers take turns (the quota checks rely on
-    it). Call inside the transaction."""
-    _reserve(user_id, 0)
+    it). Call inside the transaction.
+
+    With `reserve`, also take the ids of that many events the transaction will
+    publish (`publish(reserved=...)`), in the same statement; the last one.
+    """
+    return _reserve(user_id, reserve)
 
 
 def _reserve(user_id: int, count: int) -> int:

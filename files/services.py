@@ -51,7 +51,7 @@ from .leftovers import purge_file, purge_on_commit, purge_overdue
 from .locks import file_row, processing_lock
 from .models import File
 from .quotas import IN_FLIGHT, quota_check
-from .selectors import rules_active
+from .selectors import rules_active, with_rules_fingerprint
 from .sink import ResultSink, results_clear
 from .uploads import display_name, upload_check, upload_store, upload_unstore
 
@@ -296,7 +296,7 @@ def file_process(
             processing_lock(file_id)
             # Read again under the lock: a duplicate delivery may have finished the
             # file between the claim and here, or a request superseded it.
-            file = File.objects.filter(pk=file_id).first()
+            file = with_rules_fingerprint(File.objects.filter(pk=file_id)).first()
             if file is None or file.generation != generation:
                 raise Superseded
             if file.is_final:
@@ -344,7 +344,9 @@ def _process_at_once(*, file_id: int, task_id: str) -> File:
     try:
         with transaction.atomic():
             processing_lock(file_id)
-            file = File.objects.select_for_update().filter(pk=file_id).first()
+            file = with_rules_fingerprint(
+                File.objects.select_for_update().filter(pk=file_id)
+            ).first()
             fresh = timezone.now() - timedelta(
                 seconds=settings.DWELLFI_QUEUED_GRACE_SECONDS / 2
             )
@@ -478,7 +480,10 @@ def _run_engine(
     # run but its own has stored any, and a failed or superseded one kept nothing.
     if file.generation > 1:
         results_clear(file_id=file.pk)
-    rules = [engine.Rule(r.metric, r.min_value, r.max_value) for r in rules_active()]
+    rules = [
+        engine.Rule(r.metric, r.min_value, r.max_value)
+        for r in rules_active(fingerprint=getattr(file, "rules_fingerprint", None))
+    ]
     pipelined = file.size > PIPELINE_FROM
     with ResultSink(
         file.pk, file.generation, pipelined=pipelined, one_batch=one_batch

@@ -768,3 +768,19 @@ def test_recovery_sends_again_a_task_acknowledged_without_an_outcome(
         deliver(file, first=True)  # sent again, not redelivered: still counted
     file.refresh_from_db()
     assert (file.status, file.attempts) == ("processing", 1)
+
+
+def test_rules_kept_by_the_process_give_way_to_edited_ones_at_once(
+    user, rules, enqueued
+):
+    """The rules a worker keeps are checked against the database's with each
+    file's row: an edit made in any way applies to the very next file."""
+    first = deliver(create(user, server_4_bytes()), first=True)
+    assert first.anomaly_count == 27
+    AnomalyRule.objects.filter(metric="cpu_usage").update(max_value=1000)
+    second = deliver(create(user, server_4_bytes()), first=True)
+    assert second.anomaly_count == 27 - 9
+    AnomalyRule.objects.filter(metric="cpu_usage").delete()
+    AnomalyRule.objects.filter(metric="memory_usage").update(enabled=False)
+    third = deliver(create(user, server_4_bytes()), first=False)
+    assert third.anomaly_count == 27 - 9 - 9

@@ -233,7 +233,7 @@ def test_a_file_that_keeps_killing_its_worker_fails_after_the_last_attempt(
     reason="holds a PostgreSQL row lock to stop the run where it is",
 )
 def test_killing_the_worker_in_a_one_transaction_run_counts_on_redelivery(
-    redis_server, fault_env, owner, enqueue_to, monkeypatch, tmp_path
+    redis_server, fault_env, owner, sent, tmp_path
 ):
     """kill -9 of the pool process in the middle of a small file's one-transaction run.
 
@@ -246,7 +246,6 @@ def test_killing_the_worker_in_a_one_transaction_run_counts_on_redelivery(
     from django.db import connection
 
     worker = start_worker(fault_env, tmp_path)
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
     file = services.file_create(owner=owner, upload=upload(server_4_bytes()))
     params = connection.settings_dict
     holder = psycopg.connect(

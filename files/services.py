@@ -334,6 +334,8 @@ def _process_at_once(*, file_id: int, task_id: str) -> File:
     job sends the task again, and a message it sends again always takes the other
     way too: only files queued for less than half its grace period are processed
     here (half: the web's, the worker's and beat's clocks may differ a little).
+    The marker goes for any first delivery: one that takes the other way commits
+    its claim, and the recovery job looks at a `processing` file's lock instead.
 
     Raises NotAtOnce, everything rolled back, when the file is not one for this
     way: gone, not this task's or not queued (the other way answers those as it
@@ -341,6 +343,8 @@ def _process_at_once(*, file_id: int, task_id: str) -> File:
     more than one batch (a compressed one), or a failure to report (the other way
     reports it, processing the small file again).
     """
+    # Before the transaction, so that no lock waits on Redis (down, say).
+    dispatch.forget_enqueued(task_id)
     try:
         with transaction.atomic():
             processing_lock(file_id)
@@ -359,7 +363,6 @@ def _process_at_once(*, file_id: int, task_id: str) -> File:
                 or file.updated_at < fresh
             ):
                 raise NotAtOnce
-            dispatch.forget_enqueued(task_id)
             claimed = _claim_changes(file)
             for name, value in claimed.items():
                 setattr(file, name, value)

@@ -235,6 +235,9 @@ CELERY_TASK_DEFAULT_QUEUE = "celery"
 # the database down the task would die there (acked, never retried). The file row
 # says when processing started.
 CELERY_TASK_TRACK_STARTED = False
+# Tasks whose results are not kept (a file's: its row is the outcome) still record
+# their failures and retries in the results table, for the admin.
+CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED = True
 # Celery's Django fixup closes the connection pool of a prefork child at every task
 # boundary (celery#10554): every task then built a pool and its connection again,
 # 5-6 ms of a small file's 30 ms. With DB_REUSE_MAX it does so only every that many
@@ -275,6 +278,10 @@ CELERY_BEAT_SCHEDULE["files.expire_uploads"] = {
     "schedule": timedelta(minutes=10),
 }
 DWELLFI_MAX_ATTEMPTS = env.int("DWELLFI_MAX_ATTEMPTS", default=3)
+# Seconds a web process keeps an API token it looked up (`dwellfi.auth`): a token
+# deleted elsewhere is refused by every process within this time; 0 looks it up
+# on every request.
+DWELLFI_TOKEN_CACHE_SECONDS = env.float("DWELLFI_TOKEN_CACHE_SECONDS", default=5)
 # A queued file older than this is enqueued again (the broker may have been down).
 DWELLFI_QUEUED_GRACE_SECONDS = env.int("DWELLFI_QUEUED_GRACE_SECONDS", default=5 * 60)
 DWELLFI_PROGRESS_INTERVAL = env.float("DWELLFI_PROGRESS_INTERVAL", default=0.25)
@@ -345,7 +352,7 @@ FILE_UPLOAD_HANDLERS = ["files.uploads.LimitedTemporaryFileUploadHandler"]
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first, so an anonymous request is answered 401 with WWW-Authenticate.
-        "rest_framework.authentication.TokenAuthentication",
+        "dwellfi.auth.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

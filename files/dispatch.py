@@ -63,6 +63,16 @@ def enqueue(*, file_id: int, task_id: str, size: int) -> bool:
     return True
 
 
+def forget_enqueued(task_id: str) -> None:
+    """Drop the task's enqueued marker: the broker no longer holds its message.
+
+    Called when a run that commits nothing before its outcome takes the message:
+    should the message be acknowledged without an outcome (the hard time limit),
+    the recovery job finds the file queued with no marker and sends it again.
+    """
+    cache.delete(enqueued_marker(task_id))
+
+
 def processing_queue(size: int) -> str:
     """The queue that processes a file of `size` bytes."""
     large = settings.DWELLFI_LARGE_FILE_BYTES

@@ -26,17 +26,41 @@ STATUS_MESSAGES = {
 }
 
 
-def file_events_publish(file: File, events: Sequence[tuple[str, dict]]) -> int:
+# An event made before it is published: (type, fields, the file resource).
+FileEvent = tuple[str, dict[str, Any], dict[str, Any]]
+
+
+def file_event_now(file: File, event_type: str) -> FileEvent:
+    """An event about the file as it is now, to publish later in the transaction
+    (`file_events_publish`'s `earlier`), after the file changed again."""
+    return event_type, _status_fields(file, event_type), file_resource(file)
+
+
+def file_events_publish(
+    file: File,
+    events: Sequence[tuple[str, dict]],
+    *,
+    earlier: Sequence[FileEvent] = (),
+    reserved: int | None = None,
+) -> int:
     """Record `events` ((type, extra fields) pairs) about the file as it is now, in
-    the current transaction; sent after commit. The last one's id."""
+    the current transaction, after the `earlier` ones; sent after commit. The
+    last one's id (`reserved`: as `publish`)."""
+    resource = file_resource(file)
     return publish(
         user_id=file.owner_id,
         file_id=file.pk,
         events=[
-            (event_type, {**_status_fields(file, event_type), **fields})
-            for event_type, fields in events
+            *((event_type, fields) for event_type, fields, _ in earlier),
+            *(
+                (event_type, {**_status_fields(file, event_type), **fields})
+                for event_type, fields in events
+            ),
         ],
-        resource=file_resource(file),
+        resource=[*(made for *_, made in earlier), *[resource] * len(events)]
+        if earlier
+        else resource,
+        reserved=reserved,
     )
 
 

@@ -12,6 +12,11 @@ class Superseded(Exception):
     deleted while it ran. Nothing it wrote is kept."""
 
 
+class NotAtOnce(Exception):
+    """A run in one transaction found the file too large for it (a second batch of
+    records): it is rolled back and the file goes the two-transaction way."""
+
+
 class Busy(Exception):
     """Another session held the file's processing lock for too long: try again.
 

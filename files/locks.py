@@ -33,13 +33,15 @@ def processing_lock(file_id: int, *, wait: bool = True) -> bool:
         if not wait:
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", key)
             return cursor.fetchone()[0]
-        # Bounds every lock wait of this transaction, the row locks after it too.
-        cursor.execute(
-            "SELECT set_config('lock_timeout', %s, true)",
-            [f"{LOCK_WAIT_SECONDS}s"],
-        )
         try:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", key)
+            # The timeout bounds every lock wait of this transaction, the row
+            # locks after it too; set first (the lock reads its one row), in the
+            # same round trip.
+            cursor.execute(
+                "WITH timeout AS (SELECT set_config('lock_timeout', %s, true)) "
+                "SELECT pg_advisory_xact_lock(%s, %s) FROM timeout",
+                [f"{LOCK_WAIT_SECONDS}s", *key],
+            )
         except OperationalError as exc:
             if getattr(exc.__cause__, "sqlstate", None) == "55P03":  # lock_timeout
                 raise Busy from exc

@@ -4,7 +4,7 @@ import math
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import DataError, transaction
+from django.db import DataError, connection, transaction
 from django.db.models import (
     Aggregate,
     Avg,
@@ -16,6 +16,7 @@ from django.db.models import (
     Min,
     QuerySet,
 )
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
 
 from .models import METRICS, Anomaly, AnomalyRule, File, MetricRecord, RecordError
@@ -61,9 +62,42 @@ def record_error_list(*, file: File) -> QuerySet[RecordError]:
     return RecordError.objects.filter(file=file)
 
 
-def rules_active() -> list[AnomalyRule]:
-    """The enabled anomaly rules."""
-    return list(AnomalyRule.objects.filter(enabled=True))
+# Every rule's content in one value, computed by the database (PostgreSQL): any
+# change to the rules, from the admin, the API or plain SQL, changes it. A run
+# reads it with the file's row, in the same statement, and the rules themselves
+# only when it differs from the one this process read them with.
+RULES_FINGERPRINT = RawSQL(
+    "SELECT md5(coalesce(string_agg(concat_ws(':', metric, min_value, max_value, "
+    f"enabled), ',' ORDER BY metric), '')) FROM {AnomalyRule._meta.db_table}",
+    [],
+)
+_rules_kept: tuple[str, list[AnomalyRule]] | None = None
+
+
+def with_rules_fingerprint(files: QuerySet[File]) -> QuerySet[File]:
+    """`files` with each row's `rules_fingerprint` (on PostgreSQL)."""
+    if connection.vendor != "postgresql":
+        return files
+    return files.annotate(rules_fingerprint=RULES_FINGERPRINT)
+
+
+def rules_active(*, fingerprint: str | None = None) -> list[AnomalyRule]:
+    """The enabled anomaly rules.
+
+    Given the rules' `fingerprint` as the caller read it (`with_rules_fingerprint`),
+    the ones this process read last, while the fingerprint is the same.
+    """
+    global _rules_kept
+    if fingerprint is not None and _rules_kept and _rules_kept[0] == fingerprint:
+        return _rules_kept[1]
+    if connection.vendor != "postgresql":
+        return list(AnomalyRule.objects.filter(enabled=True))
+    # Every rule, each row with the fingerprint of exactly these (one statement).
+    rules = list(AnomalyRule.objects.annotate(fingerprint=RULES_FINGERPRINT))
+    active = [rule for rule in rules if rule.enabled]
+    if rules:
+        _rules_kept = (rules[0].fingerprint, active)
+    return active
 
 
 def anomaly_list_head(*, file: File, limit: int) -> list[Anomaly]:

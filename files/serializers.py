@@ -139,9 +139,21 @@ def _file_item_serializer() -> FileItemSerializer:
     return FileItemSerializer()
 
 
+@functools.cache
+def _file_serializer() -> FileSerializer:
+    # As above: every upload answers with the file resource (about 1 ms a request
+    # to build its fields again).
+    return FileSerializer()
+
+
 def file_resource(file: File) -> dict[str, Any]:
     """The bounded file resource (lists, events) as plain JSON-ready data."""
     return dict(_file_item_serializer().to_representation(file))
+
+
+def file_detail(file: File) -> dict[str, Any]:
+    """One file's resource (`FileSerializer`) as plain JSON-ready data."""
+    return dict(_file_serializer().to_representation(file))
 
 
 class FileUploadSerializer(serializers.Serializer):

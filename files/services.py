@@ -19,6 +19,7 @@ The pieces they are made of live beside them: receiving and storing uploads
 """
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -31,13 +32,26 @@ from django.utils import timezone
 from notifications.publisher import events_forget_file, events_lock
 
 from . import dispatch, engine
-from .events import file_events_publish, outcome_events, progress_reporter
-from .exceptions import Busy, FileGone, QuotaExceeded, Superseded, UploadRefused
+from .events import (
+    FileEvent,
+    file_event_now,
+    file_events_publish,
+    outcome_events,
+    progress_reporter,
+)
+from .exceptions import (
+    Busy,
+    FileGone,
+    NotAtOnce,
+    QuotaExceeded,
+    Superseded,
+    UploadRefused,
+)
 from .leftovers import purge_file, purge_on_commit, purge_overdue
 from .locks import file_row, processing_lock
 from .models import File
 from .quotas import IN_FLIGHT, quota_check
-from .selectors import rules_active
+from .selectors import rules_active, with_rules_fingerprint
 from .sink import ResultSink, results_clear
 from .uploads import display_name, upload_check, upload_store, upload_unstore
 
@@ -60,6 +74,10 @@ __all__ = [
 
 # Files larger than about one batch of records are written by a pipelined sink.
 PIPELINE_FROM = 1_000_000
+# Files up to this size may be processed in one transaction on their task's first
+# delivery (`_process_at_once`): well within one batch of records, and short
+# enough to hold the file's row lock throughout.
+AT_ONCE_MAX_BYTES = 256 * 1024
 
 
 def file_create(
@@ -90,10 +108,14 @@ def file_create(
     )
     try:
         with transaction.atomic():
-            events_lock(owner.pk)
+            # The owner's turn, and the id of the event that reports the upload:
+            # the row is inserted with it, in one statement, not updated after.
+            file.last_event_id = events_lock(owner.pk, reserve=1)
             quota_check(owner_id=owner.pk, **adding)  # again, the owner's turn held
             file.save(force_insert=True)
-            _save(file, {}, ("file.queued", {}))
+            file_events_publish(
+                file, [("file.queued", {})], reserved=file.last_event_id
+            )
             dispatch.enqueue_on_commit(file)
     except BaseException:
         upload_unstore(file.content.name)
@@ -193,18 +215,24 @@ def file_delete(*, file: File) -> None:
         purge_on_commit(file_id=current.pk, content=current.content.name)
 
 
-def _save(file: File, changes: dict[str, Any], *events: tuple[str, dict]) -> None:
+def _save(
+    file: File,
+    changes: dict[str, Any],
+    *events: tuple[str, dict],
+    earlier: Sequence[FileEvent] = (),
+) -> None:
     """Write `changes` to the locked file's row, with the events that report them.
 
     Only the fields named are written, never the whole row; the row is stamped with
     its last event's id and the events carry the file as written. `events` are
-    (type, extra fields) pairs.
+    (type, extra fields) pairs; `earlier` events, made before these changes
+    (`file_event_now`), go first.
     """
     changes = {**changes, "updated_at": timezone.now()}
     for name, value in changes.items():
         setattr(file, name, value)
     if events:
-        changes["last_event_id"] = file_events_publish(file, events)
+        changes["last_event_id"] = file_events_publish(file, events, earlier=earlier)
         file.last_event_id = changes["last_event_id"]
     File.objects.filter(pk=file.pk).update(**changes)
 
@@ -237,7 +265,9 @@ def _requeue(file: File, **changes: Any) -> None:
 # --- processing ----------------------------------------------------------------------
 
 
-def file_process(*, file_id: int, task_id: str) -> File | None:
+def file_process(
+    *, file_id: int, task_id: str, first_delivery: bool = False
+) -> File | None:
     """Process a queued file for the task that owns it, replacing earlier results.
 
     Safe to run again for the same task (a redelivered message): results are
@@ -245,7 +275,17 @@ def file_process(*, file_id: int, task_id: str) -> File | None:
     task id is no longer the file's (replaced, reprocessed) does nothing, and a run
     superseded while it works stops at its next batch, keeping nothing. Raises Busy
     when another session holds the file's processing lock for too long.
+
+    `first_delivery`: the task's message is delivered for the first time (not
+    redelivered, not a retry). A small file is then claimed, processed and
+    finished in one transaction (`_process_at_once`); otherwise the claim commits
+    the attempt first, and the results follow in a second transaction.
     """
+    if first_delivery:
+        try:
+            return _process_at_once(file_id=file_id, task_id=task_id)
+        except NotAtOnce:
+            pass  # rolled back: nothing of that run is kept, nothing was counted
     file = _claim(file_id=file_id, task_id=task_id)
     if file is None or file.status != File.Status.PROCESSING:
         purge_file(file_id)  # if deleted meanwhile: now the lock is free
@@ -256,7 +296,7 @@ def file_process(*, file_id: int, task_id: str) -> File | None:
             processing_lock(file_id)
             # Read again under the lock: a duplicate delivery may have finished the
             # file between the claim and here, or a request superseded it.
-            file = File.objects.filter(pk=file_id).first()
+            file = with_rules_fingerprint(File.objects.filter(pk=file_id)).first()
             if file is None or file.generation != generation:
                 raise Superseded
             if file.is_final:
@@ -269,17 +309,7 @@ def file_process(*, file_id: int, task_id: str) -> File | None:
             )
             if current is None:
                 raise Superseded
-            changes = {
-                "kind": outcome.kind,
-                "summary": outcome.summary,
-                "record_count": outcome.record_count,
-                "invalid_record_count": outcome.invalid_record_count,
-                "anomaly_count": outcome.anomaly_count,
-                "status": File.Status.PROCESSED,
-                "progress": 1.0,
-                "error": None,
-                "finished_at": timezone.now(),
-            }
+            changes = _processed_changes(outcome)
             for name, value in changes.items():
                 setattr(current, name, value)
             _save(current, changes, *outcome_events(current, first_anomalies))
@@ -290,6 +320,81 @@ def file_process(*, file_id: int, task_id: str) -> File | None:
         logger.info("file %s: generation %s superseded", file_id, generation)
         purge_file(file_id)
         return None
+
+
+def _process_at_once(*, file_id: int, task_id: str) -> File:
+    """Claim, process and finish a small file in one transaction.
+
+    For a task's first delivery only. Nothing is committed before the outcome: a
+    worker killed mid-run leaves the file `queued` with its attempt uncounted, but
+    its message then comes back marked redelivered and takes the two-transaction
+    way, which counts it, so a file that keeps killing workers still ends `failed`
+    after DWELLFI_MAX_ATTEMPTS. A run whose message is acknowledged without an
+    outcome (the hard time limit) leaves no enqueued marker behind, so the recovery
+    job sends the task again, and a message it sends again always takes the other
+    way too: only files queued for less than half its grace period are processed
+    here (half: the web's, the worker's and beat's clocks may differ a little).
+    The marker goes for any first delivery: one that takes the other way commits
+    its claim, and the recovery job looks at a `processing` file's lock instead.
+
+    Raises NotAtOnce, everything rolled back, when the file is not one for this
+    way: gone, not this task's or not queued (the other way answers those as it
+    always does), attempts already counted, a large file or one whose records fill
+    more than one batch (a compressed one), or a failure to report (the other way
+    reports it, processing the small file again).
+    """
+    # Before the transaction, so that no lock waits on Redis (down, say).
+    dispatch.forget_enqueued(task_id)
+    try:
+        with transaction.atomic():
+            processing_lock(file_id)
+            file = with_rules_fingerprint(
+                File.objects.select_for_update().filter(pk=file_id)
+            ).first()
+            fresh = timezone.now() - timedelta(
+                seconds=settings.DWELLFI_QUEUED_GRACE_SECONDS / 2
+            )
+            if (
+                file is None
+                or file.task_id != task_id
+                or file.attempts
+                or file.size > AT_ONCE_MAX_BYTES
+                or file.status != File.Status.QUEUED
+                or file.updated_at < fresh
+            ):
+                raise NotAtOnce
+            claimed = _claim_changes(file)
+            for name, value in claimed.items():
+                setattr(file, name, value)
+            started = file_event_now(file, "file.processing")
+            outcome, first_anomalies = _run_engine(file, one_batch=True)
+            changes = _processed_changes(outcome)
+            for name, value in changes.items():
+                setattr(file, name, value)
+            _save(
+                file,
+                {**claimed, **changes},
+                *outcome_events(file, first_anomalies),
+                earlier=[started],
+            )
+            return file
+    except engine.ProcessingError:
+        raise NotAtOnce from None
+
+
+def _processed_changes(outcome: engine.Outcome) -> dict[str, Any]:
+    """What a successful run writes to the file's row."""
+    return {
+        "kind": outcome.kind,
+        "summary": outcome.summary,
+        "record_count": outcome.record_count,
+        "invalid_record_count": outcome.invalid_record_count,
+        "anomaly_count": outcome.anomaly_count,
+        "status": File.Status.PROCESSED,
+        "progress": 1.0,
+        "error": None,
+        "finished_at": timezone.now(),
+    }
 
 
 def file_fail(
@@ -354,30 +459,38 @@ def _claim(*, file_id: int, task_id: str) -> File | None:
             )
             _fail(file, {"message": message})
             return file
-        _save(
-            file,
-            {
-                "status": File.Status.PROCESSING,
-                "attempts": file.attempts + 1,
-                "progress": 0.0,
-                "error": None,
-                "started_at": timezone.now(),
-                "finished_at": None,
-            },
-            ("file.processing", {}),
-        )
+        _save(file, _claim_changes(file), ("file.processing", {}))
         return file
 
 
-def _run_engine(file: File) -> tuple[engine.Outcome, list[engine.Anomaly]]:
+def _claim_changes(file: File) -> dict[str, Any]:
+    """What claiming the file for a run writes: processing, one attempt more."""
+    return {
+        "status": File.Status.PROCESSING,
+        "attempts": file.attempts + 1,
+        "progress": 0.0,
+        "error": None,
+        "started_at": timezone.now(),
+        "finished_at": None,
+    }
+
+
+def _run_engine(
+    file: File, *, one_batch: bool = False
+) -> tuple[engine.Outcome, list[engine.Anomaly]]:
     """Process the file's content into its results; the outcome and first anomalies."""
     # Results of an earlier generation go first. The first generation has none: no
     # run but its own has stored any, and a failed or superseded one kept nothing.
     if file.generation > 1:
         results_clear(file_id=file.pk)
-    rules = [engine.Rule(r.metric, r.min_value, r.max_value) for r in rules_active()]
+    rules = [
+        engine.Rule(r.metric, r.min_value, r.max_value)
+        for r in rules_active(fingerprint=getattr(file, "rules_fingerprint", None))
+    ]
     pipelined = file.size > PIPELINE_FROM
-    with ResultSink(file.pk, file.generation, pipelined=pipelined) as sink:
+    with ResultSink(
+        file.pk, file.generation, pipelined=pipelined, one_batch=one_batch
+    ) as sink:
         outcome = engine.process(
             lambda: file.content.storage.open(file.content.name, "rb"),
             size=file.size,

@@ -15,7 +15,7 @@ from django.db import connection
 from django.db.models import Model
 
 from . import engine
-from .exceptions import Superseded
+from .exceptions import NotAtOnce, Superseded
 from .models import Anomaly, File, MetricRecord, RecordError
 from .signals import batch_boundary
 
@@ -51,6 +51,10 @@ class ResultSink:
     wait, and 5 ms a turn to win it back from the parsing thread costs more than
     the write itself.
 
+    With `one_batch` it refuses a second batch of records (NotAtOnce): a run in
+    one transaction holds the file's row lock throughout, which only a small
+    file's run may.
+
     It keeps the first anomalies it is given, for the outcome's message.
     """
 
@@ -70,9 +74,12 @@ class ResultSink:
     IN_FLIGHT = 3
     SWITCH_INTERVAL = 0.001
 
-    def __init__(self, file_id: int, generation: int, *, pipelined: bool) -> None:
+    def __init__(
+        self, file_id: int, generation: int, *, pipelined: bool, one_batch: bool = False
+    ) -> None:
         self.file_id = file_id
         self.generation = generation
+        self.one_batch = one_batch
         self.use_copy = connection.vendor == "postgresql"
         self.first_anomalies: list[engine.Anomaly] = []
         self.superseded = False
@@ -112,6 +119,8 @@ class ResultSink:
     def add_records(self, batch: list[engine.Record]) -> None:
         self._batches += 1
         if self._batches > 1:
+            if self.one_batch:
+                raise NotAtOnce
             batch_boundary.send(
                 sender=type(self),
                 file_id=self.file_id,

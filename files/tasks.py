@@ -30,7 +30,11 @@ TRANSIENT = (
 )
 
 
-@shared_task(bind=True, max_retries=5, acks_late=True)
+# No result row for a file's task that ends: the file's row is the outcome, and
+# the row cost about 2 ms a task (in the worker's own transaction). Errors and
+# retries are still stored (CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED), so the
+# admin's task results list what went wrong.
+@shared_task(bind=True, max_retries=5, acks_late=True, ignore_result=True)
 def process_file(self, file_id: int) -> str:
     """Process one file; the message carries its id, never its contents.
 
@@ -50,7 +54,11 @@ def process_file(self, file_id: int) -> str:
 def _process(task, file_id: int) -> dict[str, Any]:
     """Run the service; the outcome for the log: status and, once final, counts."""
     try:
-        file = services.file_process(file_id=file_id, task_id=task.request.id)
+        file = services.file_process(
+            file_id=file_id,
+            task_id=task.request.id,
+            first_delivery=first_delivery(task.request),
+        )
     except SoftTimeLimitExceeded:
         limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
         services.file_fail(
@@ -85,6 +93,22 @@ def _process(task, file_id: int) -> dict[str, Any]:
         "invalid_record_count": file.invalid_record_count,
         "anomaly_count": file.anomaly_count,
     }
+
+
+def first_delivery(request) -> bool:
+    """Whether the broker delivers this task's message for the first time.
+
+    Not a retry, and not a message the broker gave back: one whose worker died
+    or was shut down comes back marked `redelivered` (kombu sets it when it
+    restores an unacknowledged message). A task run eagerly has no delivery.
+    """
+    delivery = request.delivery_info
+    return (
+        delivery is not None
+        and not delivery.get("redelivered")
+        and not request.retries
+        and not request.is_eager
+    )
 
 
 @shared_task

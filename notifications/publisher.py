@@ -52,7 +52,8 @@ def publish(
     user_id: int,
     file_id: int | None,
     events: Sequence[tuple[str, dict[str, Any]]],
-    resource: dict[str, Any] | None = None,
+    resource: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+    reserved: int | None = None,
 ) -> int:
     """Record durable events in the current transaction and send them once it
     commits; the last one's id. The one way an event leaves the service.
@@ -61,19 +62,32 @@ def publish(
     values, holding the user's cursor row until commit: one writer per user at
     once, so events commit in id order. `resource`, when given, is the file as
     these events leave it: each carries it as `file`, its `last_event_id` the
-    last of these ids (the caller writes the same to the file's row).
+    last of these ids (the caller writes the same to the file's row). A list of
+    resources gives each event its own (the file as that event left it): each
+    resource is stamped with the id of the last event that carries it.
+
+    `reserved`: the last of the ids `events_lock(reserve=len(events))` took for
+    these events earlier in the transaction.
     """
-    last = _reserve(user_id, len(events))
-    if resource is not None:
-        resource = {**resource, "last_event_id": last}
+    last = reserved if reserved is not None else _reserve(user_id, len(events))
+    ids = range(last - len(events) + 1, last + 1)
+    if resource is None or isinstance(resource, dict):
+        resources = [resource] * len(events)
+    else:
+        resources = list(resource)
+    stamped = {
+        id(made): {**made, "last_event_id": seq}
+        for seq, made in zip(ids, resources, strict=True)
+        if made is not None
+    }
     messages = []
-    for seq, (event_type, fields) in enumerate(events, start=last - len(events) + 1):
+    for seq, (event_type, fields), made in zip(ids, events, resources, strict=True):
         message = {
             "id": seq,
             **build_message(event_type, file_id=file_id, fields=fields),
         }
-        if resource is not None:
-            message["file"] = resource
+        if made is not None:
+            message["file"] = stamped[id(made)]
         messages.append(message)
     Event.objects.bulk_create(
         [
@@ -96,11 +110,15 @@ def publish(
     return last
 
 
-def events_lock(user_id: int) -> None:
+def events_lock(user_id: int, *, reserve: int = 0) -> int:
     """Hold the user's event cursor row until the transaction ends, as publishing
     an event does: what makes a user's writers take turns (the quota checks rely on
-    it). Call inside the transaction."""
-    _reserve(user_id, 0)
+    it). Call inside the transaction.
+
+    With `reserve`, also take the ids of that many events the transaction will
+    publish (`publish(reserved=...)`), in the same statement; the last one.
+    """
+    return _reserve(user_id, reserve)
 
 
 def _reserve(user_id: int, count: int) -> int:

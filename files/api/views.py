@@ -27,6 +27,7 @@ from ..serializers import (
     MetricSeriesQuerySerializer,
     MetricSeriesSerializer,
     RecordErrorSerializer,
+    file_detail,
 )
 from .downloads import download_response
 from .parsers import StrictFormParser, StrictMultiPartParser
@@ -124,7 +125,7 @@ class FileViewSet(
             upload=upload.validated_data["file"],
             name=upload.validated_data.get("name"),
         )
-        return Response(FileSerializer(file).data, status=status.HTTP_201_CREATED)
+        return Response(file_detail(file), status=status.HTTP_201_CREATED)
 
     @extend_schema(
         request=multipart(FileUploadSerializer, "file"),
@@ -141,7 +142,7 @@ class FileViewSet(
             upload=upload.validated_data["file"],
             name=upload.validated_data.get("name", upload.validated_data["file"].name),
         )
-        return Response(FileSerializer(file).data)
+        return Response(file_detail(file))
 
     def perform_destroy(self, instance: File) -> None:
         services.file_delete(file=instance)
@@ -151,7 +152,7 @@ class FileViewSet(
     def reprocess(self, request: Request, pk: str | None = None) -> Response:
         """Process the stored file again."""
         file = services.file_reprocess(file=self.get_object(), by=request.user)
-        return Response(FileSerializer(file).data, status=status.HTTP_202_ACCEPTED)
+        return Response(file_detail(file), status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses=AnomalySerializer(many=True))
     @action(detail=True, filter_backends=[])

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from celery import current_app
 from django.conf import settings
@@ -225,6 +226,94 @@ def test_a_file_that_keeps_killing_its_worker_fails_after_the_last_attempt(
         "file.failed",
         "notification",
     ]
+
+
+@pytest.mark.skipif(
+    settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+    reason="holds a PostgreSQL row lock to stop the run where it is",
+)
+def test_killing_the_worker_in_a_one_transaction_run_counts_on_redelivery(
+    redis_server, fault_env, owner, sent, tmp_path
+):
+    """kill -9 of the pool process in the middle of a small file's one-transaction run.
+
+    The test holds the owner's event cursor row, which the run locks last, so the
+    run is stopped inside its transaction with everything else done. Killed
+    there, it committed nothing, its attempt included; the message comes back
+    marked redelivered and the next run takes the two-transaction way, counting
+    its attempt: processed once, after one counted attempt, its events once.
+    """
+    from django.db import connection
+
+    worker = start_worker(fault_env, tmp_path)
+    file = services.file_create(owner=owner, upload=upload(server_4_bytes()))
+    params = connection.settings_dict
+    holder = psycopg.connect(
+        dbname=params["NAME"],
+        user=params["USER"],
+        host=params["HOST"],
+        port=params["PORT"] or 5432,
+    )
+    try:
+        holder.execute(
+            "SELECT 1 FROM notifications_eventcursor WHERE user_id = %s FOR UPDATE",
+            [owner.pk],
+        )
+        sender(redis_server.url)(file_id=file.pk, task_id=file.task_id, size=file.size)
+        wait_for(
+            lambda: waiting_for_the_event_cursor(connection),
+            timeout=30,
+            what="the run waiting for the event cursor",
+            process=worker,
+        )
+        # Stopped in the one transaction, its records written: nothing committed.
+        assert waiting_with_records_written(connection)
+        assert File.objects.get(pk=file.pk).status == "queued"
+        (child,) = child_pids(worker.popen.pid)
+        os.kill(child, signal.SIGKILL)
+    finally:
+        holder.rollback()
+        holder.close()
+    try:
+        file = wait_final(file.pk, timeout=60, process=worker)
+    finally:
+        worker.stop()
+    assert file.status == "processed", file.error
+    assert file.attempts == 1
+    assert MetricRecord.objects.filter(file=file).count() == 9
+    assert event_types(file.pk) == [
+        "file.queued",
+        "file.processing",
+        "file.processed",
+        "file.anomalies",
+        "notification",
+    ]
+    assert "exited with 'signal 9 (SIGKILL)'" in worker.output()
+
+
+def waiting_for_the_event_cursor(connection) -> bool:
+    """Whether a session waits for a lock in a statement on the event cursor."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND query LIKE %s",
+            ["%notifications_eventcursor%"],
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def waiting_with_records_written(connection) -> bool:
+    """Whether the session waiting for the event cursor has written records."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity AS a "
+            "JOIN pg_locks AS l ON l.pid = a.pid "
+            "WHERE a.wait_event_type = 'Lock' AND a.query LIKE %s "
+            "AND l.relation = 'files_metricrecord'::regclass "
+            "AND l.mode = 'RowExclusiveLock'",
+            ["%notifications_eventcursor%"],
+        )
+        return cursor.fetchone()[0] > 0
 
 
 def short_limits(env: dict[str, str]) -> dict[str, str]:

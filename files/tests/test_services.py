@@ -591,3 +591,196 @@ def test_large_files_are_sent_to_a_queue_of_their_own(
     )
     assert dispatch.enqueue(file_id=1, task_id="t", size=size)
     assert sent[0]["queue"] == queue
+
+
+# --- one transaction on a first delivery ---------------------------------------------
+
+
+class WorkerKilled(BaseException):
+    """Stands in for kill -9 mid-run: nothing catches it and the run's transaction
+    is rolled back, as PostgreSQL does when the worker's connection drops."""
+
+
+def worker_dies_mid_run(monkeypatch) -> None:
+    def killed(*args, **kwargs):
+        raise WorkerKilled
+
+    monkeypatch.setattr(engine, "process", killed)
+
+
+def deliver(file: File, *, first: bool) -> File:
+    services.file_process(file_id=file.pk, task_id=file.task_id, first_delivery=first)
+    file.refresh_from_db()
+    return file
+
+
+def test_a_first_delivery_is_processed_in_one_go_with_the_usual_outcome(
+    user, rules, enqueued
+):
+    file = create(user, server_4_bytes())
+    cache.set(dispatch.enqueued_marker(file.task_id), 1)
+
+    file = deliver(file, first=True)
+
+    assert (file.status, file.record_count, file.anomaly_count) == ("processed", 9, 27)
+    assert file.attempts == 1 and file.started_at and file.finished_at
+    assert MetricRecord.objects.filter(file=file).count() == 9
+    events = list(Event.objects.filter(user=user).order_by("seq"))
+    assert [e.type for e in events] == [
+        "file.queued",
+        "file.processing",
+        "file.processed",
+        "file.anomalies",
+        "notification",
+    ]
+    processing = events[1].message
+    assert (processing["status"], processing["file"]["status"]) == ("processing",) * 2
+    assert processing["file"]["last_event_id"] == events[1].seq
+    assert processing["file"]["attempts"] == 1
+    assert events[2].message["file"]["last_event_id"] == events[-1].seq
+    assert file.last_event_id == events[-1].seq
+    # Its marker is gone: a message acked without an outcome would be sent again.
+    assert dispatch.accepted([file.task_id]) == set()
+
+
+def test_a_worker_killed_in_the_one_transaction_counts_on_redelivery(
+    user, rules, enqueued, monkeypatch, settings
+):
+    """The attempt the killed run took is rolled back with it; the redelivered
+    message takes the two-transaction way, which counts it: a file that keeps
+    killing its worker still ends `failed` after the last attempt."""
+    settings.DWELLFI_MAX_ATTEMPTS = 1
+    file = create(user, server_4_bytes())
+    worker_dies_mid_run(monkeypatch)
+
+    with pytest.raises(WorkerKilled):
+        deliver(file, first=True)
+    file.refresh_from_db()
+    assert (file.status, file.attempts) == ("queued", 0)
+    assert event_types(user) == ["file.queued"]
+
+    with pytest.raises(WorkerKilled):
+        deliver(file, first=False)  # redelivered
+    file.refresh_from_db()
+    assert (file.status, file.attempts) == ("processing", 1)
+
+    file = deliver(file, first=False)
+    assert file.status == "failed"
+    assert file.error["message"].startswith("Gave up after 1 attempts")
+    assert not MetricRecord.objects.filter(file=file).exists()
+    assert event_types(user) == [
+        "file.queued",
+        "file.processing",
+        "file.failed",
+        "notification",
+    ]
+
+
+@pytest.mark.parametrize(
+    "why", ["attempts counted", "queued long ago", "too large for one go"]
+)
+def test_the_one_transaction_way_is_taken_only_when_it_is_safe(
+    why, user, rules, enqueued, monkeypatch, settings
+):
+    """Recovery requeued a lost run (its attempts kept), or sent a task again
+    (files queued longer than its grace period), or the file is large: the claim
+    is committed before the run starts."""
+    file = create(user, server_4_bytes())
+    if why == "attempts counted":
+        File.objects.filter(pk=file.pk).update(attempts=1)
+    elif why == "queued long ago":
+        old = timezone.now() - timedelta(
+            seconds=settings.DWELLFI_QUEUED_GRACE_SECONDS / 2 + 1
+        )
+        File.objects.filter(pk=file.pk).update(updated_at=old)
+    else:
+        monkeypatch.setattr(services, "AT_ONCE_MAX_BYTES", file.size - 1)
+    worker_dies_mid_run(monkeypatch)
+
+    with pytest.raises(WorkerKilled):
+        deliver(file, first=True)
+    file.refresh_from_db()
+    assert file.status == "processing"
+
+
+def test_records_filling_a_second_batch_go_the_two_transaction_way(
+    user, rules, enqueued, monkeypatch
+):
+    """A small file may hold more records than one batch (compressed, say): the
+    one-transaction run stops at the second batch, keeping nothing, and the file is
+    processed the usual way, its results and events once."""
+    monkeypatch.setattr(engine, "BATCH_SIZE", 4)
+    file = create(user, server_4_bytes())
+    seen_at_boundary = []
+
+    def boundary(sender, file_id, **kwargs):
+        seen_at_boundary.append(File.objects.get(pk=file_id).status)
+
+    sink.batch_boundary.connect(boundary)
+    try:
+        file = deliver(file, first=True)
+    finally:
+        sink.batch_boundary.disconnect(boundary)
+
+    assert seen_at_boundary and set(seen_at_boundary) == {"processing"}
+    assert (file.status, file.attempts, file.record_count) == ("processed", 1, 9)
+    assert MetricRecord.objects.filter(file=file).count() == 9
+    assert Anomaly.objects.filter(file=file).count() == 27
+    assert event_types(user) == [
+        "file.queued",
+        "file.processing",
+        "file.processed",
+        "file.anomalies",
+        "notification",
+    ]
+
+
+def test_a_malformed_file_on_a_first_delivery_fails_as_ever(user, rules, enqueued):
+    file = deliver(create(user, broken_bytes()), first=True)
+    assert file.status == "failed" and file.attempts == 1
+    assert (file.error["line"], file.error["column"]) == (13, 20)
+    assert event_types(user) == [
+        "file.queued",
+        "file.processing",
+        "file.failed",
+        "notification",
+    ]
+
+
+def test_recovery_sends_again_a_task_acknowledged_without_an_outcome(
+    user, rules, enqueued, monkeypatch, settings
+):
+    """The hard time limit acknowledges the message of a run that committed
+    nothing: the file is queued without an enqueued marker, so recovery sends
+    its task again, and that delivery counts its attempt."""
+    file = create(user, server_4_bytes())
+    cache.set(dispatch.enqueued_marker(file.task_id), 1)
+    worker_dies_mid_run(monkeypatch)
+    with pytest.raises(WorkerKilled):
+        deliver(file, first=True)
+    old = timezone.now() - timedelta(seconds=settings.DWELLFI_QUEUED_GRACE_SECONDS + 1)
+    File.objects.filter(pk=file.pk).update(updated_at=old)
+    enqueued.clear()
+
+    assert services.files_recover_stuck()["requeued"] == 1
+    assert enqueued == [(file.pk, file.task_id)]
+    with pytest.raises(WorkerKilled):
+        deliver(file, first=True)  # sent again, not redelivered: still counted
+    file.refresh_from_db()
+    assert (file.status, file.attempts) == ("processing", 1)
+
+
+def test_rules_kept_by_the_process_give_way_to_edited_ones_at_once(
+    user, rules, enqueued
+):
+    """The rules a worker keeps are checked against the database's with each
+    file's row: an edit made in any way applies to the very next file."""
+    first = deliver(create(user, server_4_bytes()), first=True)
+    assert first.anomaly_count == 27
+    AnomalyRule.objects.filter(metric="cpu_usage").update(max_value=1000)
+    second = deliver(create(user, server_4_bytes()), first=True)
+    assert second.anomaly_count == 27 - 9
+    AnomalyRule.objects.filter(metric="cpu_usage").delete()
+    AnomalyRule.objects.filter(metric="memory_usage").update(enabled=False)
+    third = deliver(create(user, server_4_bytes()), first=False)
+    assert third.anomaly_count == 27 - 9 - 9

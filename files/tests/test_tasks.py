@@ -1,5 +1,7 @@
 """The Celery tasks, called directly (eagerly) as the worker would run them."""
 
+from types import SimpleNamespace
+
 import pytest
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from django.db import OperationalError
@@ -67,3 +69,23 @@ def test_a_transient_database_error_is_retried(file, monkeypatch):
 
 def test_the_recovery_task_reports_what_it_did(db):
     assert tasks.recover_stuck_files.apply().get() == {"requeued": 0, "failed": 0}
+
+
+@pytest.mark.parametrize(
+    ("delivery_info", "retries", "eager", "first"),
+    [
+        ({"routing_key": "celery", "redelivered": False}, 0, False, True),
+        ({"routing_key": "celery"}, 0, False, True),
+        # Given back by the broker: its worker died or was shut down mid-task.
+        ({"routing_key": "celery", "redelivered": True}, 0, False, False),
+        ({"routing_key": "celery", "redelivered": False}, 1, False, False),
+        (None, 0, True, False),
+    ],
+)
+def test_only_a_first_delivery_may_be_processed_in_one_transaction(
+    delivery_info, retries, eager, first
+):
+    request = SimpleNamespace(
+        delivery_info=delivery_info, retries=retries, is_eager=eager
+    )
+    assert tasks.first_delivery(request) is first

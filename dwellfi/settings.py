@@ -270,6 +270,13 @@ DWELLFI_MAX_RESUMABLE_BYTES = env.int(
 DWELLFI_UPLOAD_EXPIRY_SECONDS = env.int(
     "DWELLFI_UPLOAD_EXPIRY_SECONDS", default=24 * 3600
 )
+# A gzip file is decompressed while the worker reads it, never past this many
+# bytes (docs/processing.md): 4x the largest upload, as metrics exports compress
+# about 8x, and at the measured ~20 MB/s a run of this size ends well within the
+# task's soft time limit. A gzip bomb fails at the limit, memory flat.
+DWELLFI_MAX_DECOMPRESSED_BYTES = env.int(
+    "DWELLFI_MAX_DECOMPRESSED_BYTES", default=4 * DWELLFI_MAX_RESUMABLE_BYTES
+)
 CELERY_BEAT_SCHEDULE["files.expire_uploads"] = {
     "task": "files.tasks.expire_uploads",
     "schedule": timedelta(minutes=10),

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from notifications.publisher import events_forget_file, events_lock
 
-from . import dispatch, engine
+from . import dispatch, engine, inputs
 from .events import file_events_publish, outcome_events, progress_reporter
 from .exceptions import Busy, FileGone, QuotaExceeded, Superseded, UploadRefused
 from .leftovers import purge_file, purge_on_commit, purge_overdue
@@ -378,9 +378,11 @@ def _run_engine(file: File) -> tuple[engine.Outcome, list[engine.Anomaly]]:
     rules = [engine.Rule(r.metric, r.min_value, r.max_value) for r in rules_active()]
     pipelined = file.size > PIPELINE_FROM
     with ResultSink(file.pk, file.generation, pipelined=pipelined) as sink:
-        outcome = engine.process(
+        outcome = inputs.process(
             lambda: file.content.storage.open(file.content.name, "rb"),
+            name=file.name,
             size=file.size,
+            max_decompressed=settings.DWELLFI_MAX_DECOMPRESSED_BYTES,
             rules=rules,
             sink=sink,
             on_progress=progress_reporter(file, stopped=lambda: sink.superseded),

@@ -7,14 +7,25 @@ import json
 import tracemalloc
 import zlib
 
+import httpx
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.authtoken.models import Token
+from websockets.sync.client import connect
 
 from files import dispatch, inputs, services, tasks
 from files.engine import DEFAULT_RULES, DocumentInvalid, DocumentMalformed
 from files.inputs import DecompressionFailed
 from files.models import File, RecordError
-from files.tests.factories import SAMPLES, broken_bytes, server_4_bytes, upload
+from files.tests.factories import (
+    SAMPLES,
+    broken_bytes,
+    server_4_bytes,
+    upload,
+    user_create,
+)
+from files.tests.test_e2e import receive_until
+from files.tests.test_e2e import upload as upload_live
 from files.tests.test_engine import MemorySink
 from files.tests.test_hostile import check_outcome, stored_file
 from files.tests.test_ndjson import line
@@ -42,7 +53,8 @@ def position(error) -> tuple:
 
 def lines_text(count: int = 5, bad: str | None = None) -> bytes:
     rows = [
-        line(f"web-{i % 2}", i, cpu_usage=90 if i % 2 else 10) for i in range(count)
+        line(f"web-{i % 2}", i % 60, cpu_usage=90 if i % 2 else 10)
+        for i in range(count)
     ]
     if bad is not None:
         rows.insert(2, bad)
@@ -324,3 +336,51 @@ def test_a_gzip_bomb_through_the_task_fails_cleanly(user, rules, settings):
     assert file.error["message"] == (
         "The file decompresses to more than the limit of 33,554,432 bytes"
     )
+
+
+# --- through the live stack ----------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_gzip_json_lines_through_daphne_and_a_worker(live_stack, rules):
+    token = Token.objects.create(user=user_create()).key
+    invalid = json.dumps({"server_id": "web-0", "timestamp": "2024-09-19T10:00:00Z"})
+    good = gzip.compress(lines_text(5000, bad=invalid[:-1] + ', "cpu_usage": null}'))
+    bad = gzip.compress(lines_text(5, bad='{"server_id": "web-0", "cpu_usage": 1,}'))
+    headers = {"Authorization": f"Token {token}"}
+
+    with connect(f"{live_stack.ws_url}/notification/events?token={token}") as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "snapshot"
+        first = upload_live(live_stack, token, good, "export.jsonl.gz")
+        second = upload_live(live_stack, token, bad, "broken.jsonl.gz")
+        outcomes = {}
+        receive_until(
+            ws,
+            lambda m: (
+                m["type"] in ("file.processed", "file.failed")
+                and outcomes.setdefault(m["file_id"], m["file"])
+                and len(outcomes) == 2
+            ),
+            timeout=60,
+        )
+
+    processed = outcomes[first["id"]]
+    assert processed["status"] == "processed"
+    assert processed["kind"] == "server_metrics"
+    assert (processed["record_count"], processed["invalid_record_count"]) == (5000, 1)
+    assert processed["anomaly_count"] == 2500
+    failed = outcomes[second["id"]]
+    assert failed["status"] == "failed"
+    assert (failed["error"]["line"], failed["error"]["column"]) == (3, 39)
+    assert failed["error"]["message"] == "Trailing comma before '}'"
+    errors = httpx.get(
+        f"{live_stack.base_url}/api/files/{first['id']}/errors/", headers=headers
+    ).json()
+    assert [(e["pointer"], e["message"]) for e in errors["results"]] == [
+        ("/2/cpu_usage", "cpu_usage must be a number, got null")
+    ]
+    download = httpx.get(
+        f"{live_stack.base_url}/api/files/{first['id']}/download/", headers=headers
+    )
+    assert download.content == good

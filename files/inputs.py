@@ -10,8 +10,9 @@
 * **JSON Lines** (`ndjson.process`) when the name says so (`.jsonl`, `.ndjson`,
   either with `.gz`), or when a document fails with data after its first value
   and that reads as JSON Lines: the first value an object alone on the first
-  line, and the lines up to the extra data well-formed. Any other malformed
-  document keeps the document's error, message and position.
+  line, the lines up to the extra data well-formed, and at least one valid
+  record among them all. Any other malformed document keeps the document's
+  error, message and position.
 * Otherwise one **JSON document** (`engine.process`).
 
 Pure Python, no Django, like the engine.
@@ -24,7 +25,14 @@ from contextlib import closing
 from typing import BinaryIO
 
 from . import engine, ndjson
-from .engine import DocumentMalformed, Outcome, ProcessingError, Rule, Sink
+from .engine import (
+    DocumentInvalid,
+    DocumentMalformed,
+    Outcome,
+    ProcessingError,
+    Rule,
+    Sink,
+)
 from .jsonstrict import BOM, CHUNK_SIZE
 
 __all__ = ["GZIP_MAGIC", "LINES_SUFFIXES", "DecompressionFailed", "process"]
@@ -86,6 +94,9 @@ def process(
                     # Not even the first lines read as JSON Lines.
                     raise error from None
                 raise
+            except DocumentInvalid:
+                # Lines, but of no metrics record: not what the heuristic is for.
+                raise error from None
     if compressed:
         return engine.Outcome(
             outcome.kind,

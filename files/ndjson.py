@@ -32,13 +32,13 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any, BinaryIO
 
 import ijson
 from ijson.utils import sendable_list
 
 from .engine import (
-    _FIELDS,
     BATCH_SIZE,
     MAX_SUMMARY_SERVERS,
     METRICS,
@@ -72,6 +72,17 @@ _LINE_MESSAGES = {
 }
 
 Event = tuple[str, Any]
+# The event after each line's last one.
+END_LINE = ("end_line", None)
+# A line's members the walker looks at: a metric's slot, or one of these.
+_TIMESTAMP, _SERVER_ID, _SERVER_NAME, _LOCATION, _METRICS = range(-1, -6, -1)
+_LINE_FIELDS = {name: slot for slot, name in enumerate(METRICS)} | {
+    "timestamp": _TIMESTAMP,
+    "server_id": _SERVER_ID,
+    "server_name": _SERVER_NAME,
+    "location": _LOCATION,
+    "metrics": _METRICS,
+}
 
 
 def process(
@@ -120,9 +131,9 @@ def process(
 class _FastLines:
     """The lines' events from yajl, one line at a time, behind the prefilter.
 
-    Iterating yields `(line index, events)` for each line that is not blank;
-    once the walker has taken a line's value, `check` makes sure nothing else
-    was on it.
+    Iterating yields `(line index, events)` for each line that is not blank,
+    the events ending with END_LINE: the walker makes sure the line held one
+    whole value and nothing else.
     """
 
     def __init__(self, stream: BinaryIO, progress: Progress) -> None:
@@ -151,6 +162,7 @@ class _FastLines:
                 send(self.chunk[self.pos : end + 1])
                 self.pos = end + 1
                 if out:
+                    out.append(END_LINE)
                     yield number, iter(out)
                     del out[:]
             number += 1
@@ -167,15 +179,10 @@ class _FastLines:
             del out[:]
             yield from events
             if end >= 0:
+                yield END_LINE
                 return
             # FastReader ends every text with a newline, so this is never b"".
             self.chunk, self.pos = self.reader.read(CHUNK_SIZE), 0
-
-    @staticmethod
-    def check(number: int, events: Iterator[Event]) -> None:
-        """Nothing may follow the line's value on its line."""
-        if next(events, None) is not None:
-            raise Unsafe
 
 
 class _LineStream:
@@ -233,7 +240,7 @@ class _StrictLines:
     def __iter__(self) -> Iterator[tuple[int, Iterator[Event]]]:
         while self._start_line():
             stream = _LineStream(self)
-            yield self.number, strict_parse(stream)
+            yield self.number, chain(strict_parse(stream), (END_LINE,))
             if not stream.ended:
                 # The walker stopped at the value's end: the rest of the line.
                 while stream.read(CHUNK_SIZE):
@@ -271,10 +278,6 @@ class _StrictLines:
                 return True
         return False
 
-    def check(self, number: int, events: Iterator[Event]) -> None:
-        """Nothing may follow the line's value on its line (the tokenizer says)."""
-        next(events, None)
-
     def malformed(self, error: JSONSyntaxError) -> DocumentMalformed:
         """The tokenizer's error on the current line, placed in the whole text."""
         return DocumentMalformed(
@@ -292,17 +295,17 @@ class _LinesWalk(_Walk):
         super().__init__(iter(()), rules, sink, strict=strict)
         self.entries: dict[str, dict[str, Any]] = {}
         self.counted: set[str] = set()
+        # A record's server_id -> its label and summary entry (for the servers
+        # the summary lists).
+        self.labels: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def walk(self, lines: "_FastLines | _StrictLines") -> Outcome:
         """Walk every line and return the outcome."""
         strict = isinstance(lines, _StrictLines)
+        line = self._line
         for number, events in lines:
-            self.events = events
-            self.nxt = events.__next__
-            self.pairs = zip(events, events, strict=False)
             try:
-                self._line(number)
-                lines.check(number, events)
+                line(number, events)
             except JSONSyntaxError as exc:
                 if strict:
                     raise lines.malformed(exc) from None
@@ -310,6 +313,7 @@ class _LinesWalk(_Walk):
         self._flush()
         if self.record_count == 0:
             raise DocumentInvalid("no valid metrics record", "")
+        self.depth = max(self.depth, 1)
         summary = self._summary(lines.reader.count)
         return Outcome(
             "server_metrics",
@@ -332,21 +336,30 @@ class _LinesWalk(_Walk):
                     self.servers.append(entry)
         return entry
 
-    def _line(self, number: int) -> None:
-        """Walk one line's value: a server document or a record."""
-        nxt = self.nxt
+    def _label(self, server_id: str) -> tuple[str, dict[str, Any]]:
+        """A record's server: its label and summary entry."""
+        label = _clean(server_id)
+        entry = self._server(label)
+        if entry["id"] is None:
+            entry["id"] = label
+        if len(self.labels) < MAX_SUMMARY_SERVERS and label in self.entries:
+            self.labels[server_id] = (label, entry)
+        return label, entry
+
+    def _line(self, number: int, events: Iterator[Event]) -> None:
+        """Walk one line's value: a record (the hot path) or a server document.
+
+        A record is checked as `_Walk._metrics` checks one, after its server_id.
+        Members come in (map_key, value) event pairs; the pair that ends the
+        object is (end_map, END_LINE), anything else there is not one value.
+        """
+        nxt = events.__next__
         event, value = nxt()
-        self.depth = max(self.depth, 1 if event.startswith("start_") else 0)
         if event != "start_map":
-            self._issue(
-                pointer(number), f"record must be an object, got {TYPE_NAMES[event]}"
-            )
-            if event == "start_array":
-                self.depth = max(self.depth, _skip(nxt, 1))
-            self.index += 1
+            self._non_object(number, event, nxt)
             return
         type_names = TYPE_NAMES
-        fields = _FIELDS
+        get = _LINE_FIELDS.get
         values: list[Any] = [None] * len(METRICS)
         stamp_event = stamp_text = None
         suspect = False
@@ -354,103 +367,65 @@ class _LinesWalk(_Walk):
         metrics_type = None
         entry: dict[str, Any] | None = None
         valid = 0
-        while True:
-            event, key = nxt()
-            if event == "end_map":
+        for (key_event, key), (event, value) in zip(events, events, strict=False):
+            if key_event != "map_key":
                 break
-            event, value = nxt()
-            if key == "metrics" and event == "start_array":
-                if entry is None:
-                    if isinstance(server_id, str):
-                        label = _clean(server_id)
-                    elif isinstance(server_name, str):
-                        label = _clean(server_name)
-                    else:
-                        label = f"#{number}"
-                    entry = self._server(label)
-                valid += self._metrics(label, (number, "metrics"), 2)
-                continue
-            slot = fields.get(key)
-            if key == "metrics":
-                metrics_type = type_names[event]
-            elif key == "server_id":
-                server_event = event
-                server_id = value if event == "string" else None
-            elif key == "server_name":
-                server_name = value if event == "string" else None
-            elif key == "location":
-                location = value if event == "string" else None
-            elif slot is None:
-                pass
-            elif slot >= 0:
+            slot = get(key)
+            if slot is not None and slot >= 0:
                 if event == "number":
                     values[slot] = value
-                else:
-                    suspect = True
-                    values[slot] = type_names[event]
-            else:
+                    continue
+                # A type name in place of the number: a later duplicate key may
+                # still replace it, so judge at the end.
+                suspect = True
+                values[slot] = type_names[event]
+            elif slot == _TIMESTAMP:
                 stamp_event, stamp_text = event, value
+            elif slot == _SERVER_ID:
+                server_event = event
+                server_id = value if event == "string" else None
+            elif slot == _METRICS:
+                if event == "start_array":
+                    if entry is None:
+                        if isinstance(server_id, str):
+                            label = _clean(server_id)
+                        elif isinstance(server_name, str):
+                            label = _clean(server_name)
+                        else:
+                            label = f"#{number}"
+                        entry = self._server(label)
+                    self.nxt, self.pairs = nxt, zip(events, events, strict=False)
+                    valid += self._metrics(label, (number, "metrics"), 2)
+                    continue
+                metrics_type = type_names[event]
+            elif slot == _SERVER_NAME:
+                server_name = value if event == "string" else None
+            elif slot == _LOCATION:
+                location = value if event == "string" else None
             if event == "start_map" or event == "start_array":
                 self.depth = max(self.depth, _skip(nxt, 2))
-        if entry is None and metrics_type is not None:
+        else:
+            key_event = None
+        if key_event != "end_map" or event != "end_line":
+            # Only yajl's events get here: the tokenizer stops at such a line.
+            raise Unsafe
+        if entry is not None:
+            entry["record_count"] += valid
+            self._describe(entry, server_id, server_name, location)
+            return
+        index = self.index
+        self.index = index + 1
+        if metrics_type is not None:
             self._issue(
                 pointer(number, "metrics"),
                 f"metrics must be an array, got {metrics_type}",
             )
-            self.index += 1
             return
-        if entry is None:
-            self._record(
-                number,
-                server_event,
-                server_id,
-                server_name,
-                location,
-                stamp_event,
-                stamp_text,
-                values,
-                suspect,
-            )
-            return
-        entry["record_count"] += valid
-        self._describe(entry, server_id, server_name, location)
-
-    @staticmethod
-    def _describe(
-        entry: dict[str, Any],
-        server_id: str | None,
-        server_name: str | None,
-        location: str | None,
-    ) -> None:
-        """Fill in what the summary does not know yet about a server."""
-        for field, text in (
-            ("id", server_id),
-            ("name", server_name),
-            ("location", location),
-        ):
-            if entry[field] is None and isinstance(text, str):
-                entry[field] = _clean(text)
-
-    def _record(
-        self,
-        number: int,
-        server_event: str | None,
-        server_id: str | None,
-        server_name: str | None,
-        location: str | None,
-        stamp_event: str | None,
-        stamp_text: Any,
-        values: list[Any],
-        suspect: bool,
-    ) -> None:
-        """Check a record line as `_Walk._metrics` checks a record; keep it if valid."""
-        index = self.index
-        self.index += 1
         if server_event != "string":
             message = (
                 "server_id is required"
                 if server_event is None
-                else f"server_id must be a string, got {TYPE_NAMES[server_event]}"
+                else f"server_id must be a string, got {type_names[server_event]}"
             )
             self._issue(pointer(number, "server_id"), message)
             return
@@ -473,17 +448,50 @@ class _LinesWalk(_Walk):
                 field, message = problem
                 self._issue(pointer(number, field), message)
                 return
-        label = _clean(server_id)
-        entry = self._server(label)
+        label, entry = self.labels.get(server_id) or self._label(server_id)
         entry["record_count"] += 1
-        self._describe(entry, server_id, server_name, location)
+        if (server_name is not None and entry["name"] is None) or (
+            location is not None and entry["location"] is None
+        ):
+            self._describe(entry, server_id, server_name, location)
+        anomalies = self.anomalies
         for slot, metric, low, high in self.checks:
-            value = values[slot]
-            if value is not None and (value < low or value > high):
-                self.anomalies.append(
-                    Anomaly(index, stamp, label, metric, value, low, high)
+            amount = values[slot]
+            if amount is not None and (amount < low or amount > high):
+                anomalies.append(
+                    tuple.__new__(
+                        Anomaly, (index, stamp, label, metric, amount, low, high)
+                    )
                 )
-        self.records.append(Record(index, label, stamp, tuple(values)))
+        records = self.records
+        records.append(tuple.__new__(Record, (index, label, stamp, tuple(values))))
         self.record_count += 1
-        if len(self.records) >= BATCH_SIZE:
+        if len(records) >= BATCH_SIZE:
             self._flush_records()
+
+    def _non_object(self, number: int, event: str, nxt: Callable[[], Event]) -> None:
+        """A line whose value is not an object: an invalid record."""
+        self._issue(
+            pointer(number), f"record must be an object, got {TYPE_NAMES[event]}"
+        )
+        if event == "start_array":
+            self.depth = max(self.depth, _skip(nxt, 1))
+        self.index += 1
+        if nxt() != END_LINE:
+            raise Unsafe
+
+    @staticmethod
+    def _describe(
+        entry: dict[str, Any],
+        server_id: str | None,
+        server_name: str | None,
+        location: str | None,
+    ) -> None:
+        """Fill in what the summary does not know yet about a server."""
+        for field, text in (
+            ("id", server_id),
+            ("name", server_name),
+            ("location", location),
+        ):
+            if entry[field] is None and isinstance(text, str):
+                entry[field] = _clean(text)

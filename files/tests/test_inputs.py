@@ -199,6 +199,7 @@ def test_a_detected_json_lines_file_fails_at_its_malformed_line():
         b"[1]\n[2]\n",  # the first value is not an object
         b'{"a": 1}\nnot json\n',  # no second value
         b'{"a": 1}\n{"b": \n',  # a second value that is not whole
+        b'{"a": 1}\n{"b": 2}\n',  # lines, but no metrics record
     ],
 )
 def test_documents_that_are_not_json_lines_keep_the_documents_error(document):

@@ -301,15 +301,12 @@ class _LinesWalk(_Walk):
 
     def walk(self, lines: "_FastLines | _StrictLines") -> Outcome:
         """Walk every line and return the outcome."""
-        strict = isinstance(lines, _StrictLines)
-        line = self._line
-        for number, events in lines:
-            try:
-                line(number, events)
-            except JSONSyntaxError as exc:
-                if strict:
-                    raise lines.malformed(exc) from None
-                raise
+        try:
+            self._lines(lines)
+        except JSONSyntaxError as exc:
+            if isinstance(lines, _StrictLines):
+                raise lines.malformed(exc) from None
+            raise
         self._flush()
         if self.record_count == 0:
             raise DocumentInvalid("no valid metrics record", "")
@@ -346,128 +343,137 @@ class _LinesWalk(_Walk):
             self.labels[server_id] = (label, entry)
         return label, entry
 
-    def _line(self, number: int, events: Iterator[Event]) -> None:
-        """Walk one line's value: a record (the hot path) or a server document.
+    def _lines(self, lines: "_FastLines | _StrictLines") -> None:
+        """Walk each line's value: a record (the hot path) or a server document.
 
-        A record is checked as `_Walk._metrics` checks one, after its server_id.
+        One frame for every line, everything it touches per line a local. A
+        record is checked as `_Walk._metrics` checks one, after its server_id.
         Members come in (map_key, value) event pairs; the pair that ends the
-        object is (end_map, END_LINE), anything else there is not one value.
+        object is (end_map, END_LINE): anything else there is not one value.
         """
-        nxt = events.__next__
-        event, value = nxt()
-        if event != "start_map":
-            self._non_object(number, event, nxt)
-            return
         type_names = TYPE_NAMES
         get = _LINE_FIELDS.get
-        values: list[Any] = [None] * len(METRICS)
-        stamp_event = stamp_text = None
-        suspect = False
-        server_event = server_id = server_name = location = None
-        metrics_type = None
-        entry: dict[str, Any] | None = None
-        valid = 0
-        for (key_event, key), (event, value) in zip(events, events, strict=False):
-            if key_event != "map_key":
-                break
-            slot = get(key)
-            if slot is not None and slot >= 0:
-                if event == "number":
-                    values[slot] = value
-                    continue
-                # A type name in place of the number: a later duplicate key may
-                # still replace it, so judge at the end.
-                suspect = True
-                values[slot] = type_names[event]
-            elif slot == _TIMESTAMP:
-                stamp_event, stamp_text = event, value
-            elif slot == _SERVER_ID:
-                server_event = event
-                server_id = value if event == "string" else None
-            elif slot == _METRICS:
-                if event == "start_array":
-                    if entry is None:
-                        if isinstance(server_id, str):
-                            label = _clean(server_id)
-                        elif isinstance(server_name, str):
-                            label = _clean(server_name)
-                        else:
-                            label = f"#{number}"
-                        entry = self._server(label)
-                    self.nxt, self.pairs = nxt, zip(events, events, strict=False)
-                    valid += self._metrics(label, (number, "metrics"), 2)
-                    continue
-                metrics_type = type_names[event]
-            elif slot == _SERVER_NAME:
-                server_name = value if event == "string" else None
-            elif slot == _LOCATION:
-                location = value if event == "string" else None
-            if event == "start_map" or event == "start_array":
-                self.depth = max(self.depth, _skip(nxt, 2))
-        else:
-            key_event = None
-        if key_event != "end_map" or event != "end_line":
-            # Only yajl's events get here: the tokenizer stops at such a line.
-            raise Unsafe
-        if entry is not None:
-            entry["record_count"] += valid
-            self._describe(entry, server_id, server_name, location)
-            return
-        index = self.index
-        self.index = index + 1
-        if metrics_type is not None:
-            self._issue(
-                pointer(number, "metrics"),
-                f"metrics must be an array, got {metrics_type}",
-            )
-            return
-        if server_event != "string":
-            message = (
-                "server_id is required"
-                if server_event is None
-                else f"server_id must be a string, got {type_names[server_event]}"
-            )
-            self._issue(pointer(number, "server_id"), message)
-            return
-        if self.check_finite and (math.inf in values or -math.inf in values):
-            suspect = True
-        stamp = None
-        if stamp_event == "string":
-            try:
-                stamp = datetime.fromisoformat(stamp_text)
-                if stamp.tzinfo is not UTC:
-                    if stamp.tzinfo is None:
-                        stamp = stamp.replace(tzinfo=UTC)
-                    else:
-                        stamp = stamp.astimezone(UTC)
-            except (ValueError, OverflowError):
-                stamp = None
-        if stamp is None or suspect:
-            problem = record_problem(stamp_event, stamp_text, stamp, values, METRICS)
-            if problem is not None:
-                field, message = problem
-                self._issue(pointer(number, field), message)
-                return
-        label, entry = self.labels.get(server_id) or self._label(server_id)
-        entry["record_count"] += 1
-        if (server_name is not None and entry["name"] is None) or (
-            location is not None and entry["location"] is None
-        ):
-            self._describe(entry, server_id, server_name, location)
-        anomalies = self.anomalies
-        for slot, metric, low, high in self.checks:
-            amount = values[slot]
-            if amount is not None and (amount < low or amount > high):
-                anomalies.append(
-                    tuple.__new__(
-                        Anomaly, (index, stamp, label, metric, amount, low, high)
-                    )
+        slot_count = len(METRICS)
+        checks = self.checks
+        check_finite = self.check_finite
+        labels = self.labels
+        from_iso = datetime.fromisoformat
+        utc = UTC
+        new = tuple.__new__
+        infinity = math.inf
+        for number, events in lines:
+            nxt = events.__next__
+            event, value = nxt()
+            if event != "start_map":
+                self._non_object(number, event, nxt)
+                continue
+            values: list[Any] = [None] * slot_count
+            stamp_event = stamp_text = None
+            suspect = False
+            server_event = server_id = server_name = location = None
+            metrics_type = None
+            entry: dict[str, Any] | None = None
+            valid = 0
+            for (key_event, key), (event, value) in zip(events, events, strict=False):
+                if key_event != "map_key":
+                    break
+                slot = get(key)
+                if slot is not None and slot >= 0:
+                    if event == "number":
+                        values[slot] = value
+                        continue
+                    # A type name in place of the number: a later duplicate key
+                    # may still replace it, so judge at the end.
+                    suspect = True
+                    values[slot] = type_names[event]
+                elif slot == _TIMESTAMP:
+                    stamp_event, stamp_text = event, value
+                elif slot == _SERVER_ID:
+                    server_event = event
+                    server_id = value if event == "string" else None
+                elif slot == _METRICS:
+                    if event == "start_array":
+                        if entry is None:
+                            if isinstance(server_id, str):
+                                label = _clean(server_id)
+                            elif isinstance(server_name, str):
+                                label = _clean(server_name)
+                            else:
+                                label = f"#{number}"
+                            entry = self._server(label)
+                        self.nxt, self.pairs = nxt, zip(events, events, strict=False)
+                        valid += self._metrics(label, (number, "metrics"), 2)
+                        continue
+                    metrics_type = type_names[event]
+                elif slot == _SERVER_NAME:
+                    server_name = value if event == "string" else None
+                elif slot == _LOCATION:
+                    location = value if event == "string" else None
+                if event == "start_map" or event == "start_array":
+                    self.depth = max(self.depth, _skip(nxt, 2))
+            else:
+                key_event = None
+            if key_event != "end_map" or event != "end_line":
+                # Only yajl's events get here: the tokenizer stops at such a line.
+                raise Unsafe
+            if entry is not None:
+                entry["record_count"] += valid
+                self._describe(entry, server_id, server_name, location)
+                continue
+            index = self.index
+            self.index = index + 1
+            if metrics_type is not None:
+                self._issue(
+                    pointer(number, "metrics"),
+                    f"metrics must be an array, got {metrics_type}",
                 )
-        records = self.records
-        records.append(tuple.__new__(Record, (index, label, stamp, tuple(values))))
-        self.record_count += 1
-        if len(records) >= BATCH_SIZE:
-            self._flush_records()
+                continue
+            if server_event != "string":
+                message = (
+                    "server_id is required"
+                    if server_event is None
+                    else f"server_id must be a string, got {type_names[server_event]}"
+                )
+                self._issue(pointer(number, "server_id"), message)
+                continue
+            if check_finite and (infinity in values or -infinity in values):
+                suspect = True
+            stamp = None
+            if stamp_event == "string":
+                try:
+                    stamp = from_iso(stamp_text)
+                    if stamp.tzinfo is not utc:
+                        if stamp.tzinfo is None:
+                            stamp = stamp.replace(tzinfo=utc)
+                        else:
+                            stamp = stamp.astimezone(utc)
+                except (ValueError, OverflowError):
+                    stamp = None
+            if stamp is None or suspect:
+                problem = record_problem(
+                    stamp_event, stamp_text, stamp, values, METRICS
+                )
+                if problem is not None:
+                    field, message = problem
+                    self._issue(pointer(number, field), message)
+                    continue
+            label, entry = labels.get(server_id) or self._label(server_id)
+            entry["record_count"] += 1
+            if (server_name is not None and entry["name"] is None) or (
+                location is not None and entry["location"] is None
+            ):
+                self._describe(entry, server_id, server_name, location)
+            for slot, metric, low, high in checks:
+                amount = values[slot]
+                if amount is not None and (amount < low or amount > high):
+                    self.anomalies.append(
+                        new(Anomaly, (index, stamp, label, metric, amount, low, high))
+                    )
+            records = self.records
+            records.append(new(Record, (index, label, stamp, tuple(values))))
+            self.record_count += 1
+            if len(records) >= BATCH_SIZE:
+                self._flush_records()
 
     def _non_object(self, number: int, event: str, nxt: Callable[[], Event]) -> None:
         """A line whose value is not an object: an invalid record."""

@@ -21,6 +21,7 @@ from rest_framework.test import APIClient
 
 from dwellfi import processes
 from dwellfi.processes import Process, answers_redis, free_port, redis_command
+from files import dispatch
 from files.engine import DEFAULT_RULES
 from files.models import AnomalyRule
 from files.tests.factories import user_create
@@ -109,6 +110,18 @@ def api(user) -> APIClient:
         HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}"
     )
     return client
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[int]:
+    """The file ids handed to the broker (none is really sent)."""
+    ids: list[int] = []
+    monkeypatch.setattr(
+        dispatch,
+        "enqueue",
+        lambda *, file_id, task_id, size: ids.append(file_id) or True,
+    )
+    return ids
 
 
 @pytest.fixture

@@ -328,6 +328,9 @@ if env.str("DWELLFI_S3_BUCKET", default=""):
             # Downloads redirect to pre-signed URLs: Signature Version 4, the one
             # every region accepts.
             "signature_version": "s3v4",
+            # An object read (by the worker, or to hash a resumable upload) is
+            # spooled to a temporary file past 1 MiB, not held whole in memory.
+            "max_memory_size": 1024 * 1024,
         },
     }
 STORAGES = {

@@ -26,6 +26,13 @@ PURGE_GRACE = timedelta(minutes=1)
 # have stored them and not yet committed the row that refers to them).
 UNREFERENCED_GRACE = timedelta(days=1)
 SWEEP_CHUNK = 1000
+# The rows that refer to stored bytes, and the field that names them.
+REFERENCES = (
+    (File, "content"),
+    (PendingDeletion, "content"),
+    (Upload, "content"),
+    (Upload, "tail"),  # bytes of an S3 upload not yet in a part
+)
 
 
 def purge_on_commit(*, content: str, file_id: int | None = None) -> None:
@@ -97,10 +104,10 @@ def files_sweep_leftovers() -> int:
         stored = {
             f"{UPLOADS_DIR}/{name}" for name in names[start : start + SWEEP_CHUNK]
         }
-        for model in (File, PendingDeletion, Upload):
+        for model, field in REFERENCES:
             stored -= set(
-                model.objects.filter(content__in=stored).values_list(
-                    "content", flat=True
+                model.objects.filter(**{f"{field}__in": stored}).values_list(
+                    field, flat=True
                 )
             )
         for name in sorted(stored):

@@ -318,6 +318,18 @@ class Upload(models.Model):
         default=0, help_text="Bytes received and stored so far."
     )
     content = models.CharField(max_length=255, help_text="Where the bytes are stored.")
+    # In S3 (files/resumable.py): the multipart upload the chunks become parts of,
+    # the parts so far ([{"etag", "size"}], numbered from 1), and the object that
+    # holds the bytes not yet in a part (S3 takes none under 5 MiB but the last).
+    multipart_id = models.CharField(
+        max_length=1024, blank=True, help_text="The S3 multipart upload's id."
+    )
+    parts = models.JSONField(
+        default=list, blank=True, help_text="The S3 parts stored so far."
+    )
+    tail = models.CharField(
+        max_length=255, blank=True, help_text="Bytes not yet in an S3 part."
+    )
     file = models.ForeignKey(
         File,
         on_delete=models.SET_NULL,

@@ -21,14 +21,25 @@ rows and the stored bytes:
   its bytes by the periodic `uploads_expire`; a finished one's row goes then too
   (its bytes are the file's).
 
-The bytes are appended to a local file (FileSystemStorage): the storage API has
-no append, and S3 would need multipart parts of at least 5 MiB (not done).
+Where the bytes go depends on the storage (the storage API itself has no append):
+
+* On disk (FileSystemStorage) a chunk is appended to the upload's file.
+* In S3 (django-storages) the upload is an S3 multipart upload. S3 takes parts of
+  at least 5 MiB (but the last), and tus clients may send smaller chunks: bytes
+  short of a part wait in a tail object of their own, which the next chunk joins.
+  The last chunk completes the multipart upload into the file's object. A tail
+  replaced or dropped is deleted after commit, so a failed commit still finds the
+  one its row names.
 """
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import BinaryIO
@@ -36,6 +47,7 @@ from typing import BinaryIO
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
+from django.core.files.base import File as StoredBytes
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Sum
@@ -46,11 +58,14 @@ from . import services
 from .exceptions import QuotaExceeded, UploadRefused
 from .models import File, Upload, upload_path
 from .quotas import quota_check
+from .uploads import in_s3
 
 logger = logging.getLogger(__name__)
 
 # Pieces of the request body copied to storage at a time.
 COPY_PIECE = 1024 * 1024
+# The least S3 takes as a part of a multipart upload but the last one.
+S3_MIN_PART = 5 * 1024 * 1024
 # Upload-Checksum algorithms (tus checksum extension: sha1 is required).
 CHECKSUMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
 
@@ -115,19 +130,21 @@ def upload_create(
         bytes=Coalesce(Sum("length"), 0)
     )["bytes"]
     quota_check(owner_id=owner.pk, files=1, size=length + pending, processing=1)
-    content = _storage().save(upload_path(None, filename), ContentFile(b""))
+    upload = Upload(
+        owner=owner,
+        filename=filename[:255],  # cleaned for display by the file service
+        filetype=filetype[:100],
+        length=length,
+        expires=_expiry(),
+    )
+    store = _store()
+    store.start(upload)
     try:
-        return Upload.objects.create(
-            owner=owner,
-            filename=filename[:255],  # cleaned for display by the file service
-            filetype=filetype[:100],
-            length=length,
-            content=content,
-            expires=_expiry(),
-        )
+        upload.save(force_insert=True)
     except BaseException:
-        _storage().delete(content)
+        store.discard(upload)
         raise
+    return upload
 
 
 def upload_get(*, owner: AbstractBaseUser, upload_id, lock: bool = False) -> Upload:
@@ -159,44 +176,147 @@ def upload_append(
             upload = upload_get(owner=owner, upload_id=upload_id, lock=True)
             if offset != upload.offset:
                 raise OffsetMismatch(upload.offset)
-            upload.offset += _write_chunk(upload, body, checksum)
+            upload.offset += _store().append(upload, _checked(upload, body, checksum))
             upload.expires = _expiry()
             if upload.is_complete:
                 upload.file = _file_from(upload)
-            upload.save(update_fields=["offset", "expires", "file"])
+            upload.save(update_fields=["offset", "expires", "file", "parts", "tail"])
     except (UploadRefused, QuotaExceeded):
         upload_terminate(owner=owner, upload_id=upload_id)
         raise
     return upload
 
 
-def _write_chunk(upload: Upload, body: BinaryIO, checksum: Checksum | None) -> int:
-    """Write the chunk at the upload's offset, durably; how many bytes it was."""
+def _checked(
+    upload: Upload, body: BinaryIO, checksum: Checksum | None
+) -> Iterator[bytes]:
+    """The chunk `body` in pieces, checked as they come: ChunkTooLarge, PastLength,
+    and after the last piece ChecksumMismatch."""
     room = upload.length - upload.offset
     limit = settings.DWELLFI_UPLOAD_CHUNK_BYTES
     digest = CHECKSUMS[checksum.algorithm]() if checksum else None
-    written = 0
-    with open(_storage().path(upload.content), "r+b") as out:
-        out.seek(upload.offset)
-        out.truncate()
-        try:
-            while piece := body.read(COPY_PIECE):
-                written += len(piece)
-                if written > limit:
-                    raise ChunkTooLarge
-                if written > room:
-                    raise PastLength
-                if digest is not None:
-                    digest.update(piece)
-                out.write(piece)
-            if digest is not None and digest.digest() != checksum.digest:
-                raise ChecksumMismatch
-        except BaseException:
-            out.truncate(upload.offset)
-            raise
-        out.flush()
-        os.fsync(out.fileno())
-    return written
+    read = 0
+    while piece := body.read(COPY_PIECE):
+        read += len(piece)
+        if read > limit:
+            raise ChunkTooLarge
+        if read > room:
+            raise PastLength
+        if digest is not None:
+            digest.update(piece)
+        yield piece
+    if digest is not None and digest.digest() != checksum.digest:
+        raise ChecksumMismatch
+
+
+def _store() -> "DiskStore | S3Store":
+    storage = _storage()
+    return S3Store(storage) if in_s3(storage) else DiskStore(storage)
+
+
+class DiskStore:
+    """An upload's bytes in a local file the chunks are appended to."""
+
+    def __init__(self, storage) -> None:
+        self.storage = storage
+
+    def start(self, upload: Upload) -> None:
+        name = upload_path(None, upload.filename)
+        upload.content = self.storage.save(name, ContentFile(b""))
+
+    def append(self, upload: Upload, pieces: Iterator[bytes]) -> int:
+        """Write the chunk at the upload's offset, durably; how many bytes it was.
+        Nothing stays written if anything fails."""
+        written = 0
+        with open(self.storage.path(upload.content), "r+b") as out:
+            out.seek(upload.offset)
+            out.truncate()
+            try:
+                for piece in pieces:
+                    out.write(piece)
+                    written += len(piece)
+                out.flush()
+                os.fsync(out.fileno())
+            except BaseException:
+                out.truncate(upload.offset)
+                raise
+        return written
+
+    def discard(self, upload: Upload) -> None:
+        self.storage.delete(upload.content)
+
+
+class S3Store:
+    """An upload's bytes as the parts of an S3 multipart upload (the module's
+    docstring says how chunks under S3's least part size wait)."""
+
+    def __init__(self, storage) -> None:
+        self.storage = storage
+
+    def _multipart(self, upload: Upload):
+        # The object's key as S3Storage's own methods derive it from a name.
+        key = self.storage._normalize_name(upload.content)
+        return self.storage.bucket.Object(key).MultipartUpload(upload.multipart_id)
+
+    def start(self, upload: Upload) -> None:
+        upload.content = self.storage.get_available_name(
+            upload_path(None, upload.filename)
+        )
+        key = self.storage._normalize_name(upload.content)
+        started = self.storage.bucket.Object(key).initiate_multipart_upload(
+            ContentType="application/octet-stream"
+        )
+        upload.multipart_id = started.id
+
+    def append(self, upload: Upload, pieces: Iterator[bytes]) -> int:
+        """Add the chunk to the waiting tail; make a part of them once there is
+        enough, or this is the last; how many bytes the chunk was."""
+        with tempfile.TemporaryFile() as joined:
+            if upload.tail:
+                with self.storage.open(upload.tail, "rb") as tail:
+                    shutil.copyfileobj(tail, joined, COPY_PIECE)
+            waiting = joined.tell()
+            for piece in pieces:
+                joined.write(piece)
+            size = joined.tell()
+            written = size - waiting
+            last = upload.offset + written == upload.length
+            joined.seek(0)
+            replaced = upload.tail
+            if size >= S3_MIN_PART or last:
+                self._add_part(upload, joined, size)
+                upload.tail = ""
+            else:
+                tail = upload_path(None, f"{upload.pk}.tail")
+                upload.tail = self.storage.save(tail, StoredBytes(joined))
+        if replaced:
+            transaction.on_commit(lambda: self.storage.delete(replaced))
+        if last:
+            self._multipart(upload).complete(
+                MultipartUpload={
+                    "Parts": [
+                        {"PartNumber": number, "ETag": part["etag"]}
+                        for number, part in enumerate(upload.parts, start=1)
+                    ]
+                }
+            )
+        return written
+
+    def _add_part(self, upload: Upload, body: BinaryIO, size: int) -> None:
+        # A part whose row failed to commit is sent again under the same number.
+        number = len(upload.parts) + 1
+        part = self._multipart(upload).Part(number)
+        answer = part.upload(Body=body, ContentLength=size)
+        upload.parts = [*upload.parts, {"etag": answer["ETag"], "size": size}]
+
+    def discard(self, upload: Upload) -> None:
+        if upload.tail:
+            self.storage.delete(upload.tail)
+        # Already aborted, or completed (the file's bytes then): nothing to do.
+        with contextlib.suppress(
+            self.storage.connection.meta.client.exceptions.NoSuchUpload
+        ):
+            self._multipart(upload).abort()
 
 
 def _file_from(upload: Upload) -> File:
@@ -233,10 +353,10 @@ def _delete(upload: Upload) -> None:
     Bytes left behind by a failed removal are the leftovers sweep's, once no row
     refers to them.
     """
-    content = None if upload.is_complete else upload.content
+    complete = upload.is_complete
     upload.delete()
-    if content:
-        transaction.on_commit(lambda: _storage().delete(content))
+    if not complete:
+        transaction.on_commit(lambda: _store().discard(upload))
 
 
 def uploads_expire() -> int:

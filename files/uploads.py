@@ -9,6 +9,7 @@ from http import HTTPStatus
 from typing import Any
 
 from django.conf import settings
+from django.core.files.storage import Storage
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from django.core.handlers.asgi import ASGIRequest
@@ -31,6 +32,13 @@ JSON_START = frozenset(b'{["-0123456789tfn')
 # "invoicenosj.pdf".
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e")
 BIDI_CONTROLS |= frozenset("\u2066\u2067\u2068\u2069")
+
+
+def in_s3(storage: Storage) -> bool:
+    """Whether the bytes live in S3 (django-storages), not on a disk of ours."""
+    from storages.backends.s3 import S3Storage
+
+    return isinstance(storage, S3Storage)
 
 
 def upload_check(upload: UploadedFile) -> None:

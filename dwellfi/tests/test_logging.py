@@ -18,7 +18,7 @@ from pythonjsonlogger.json import JsonFormatter
 from rest_framework.authtoken.models import Token
 
 from dwellfi.log import TaskContext
-from files import dispatch, services
+from files import services
 from files.models import File
 from files.tasks import process_file
 from files.tests.factories import server_4_bytes, upload, user_create
@@ -37,11 +37,6 @@ def records(caplog, message: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.getMessage() == message]
 
 
-@pytest.fixture
-def no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
-
-
 def post_file(api, **headers):
     return api.post(
         "/api/files/",
@@ -56,7 +51,7 @@ UPLOAD_ID = "6a1c3e0e5b7d4c1f9a2b3c4d5e6f7a8b"
 
 
 @pytest.mark.django_db
-def test_an_upload_logs_its_file_with_the_callers_request_id(api, logs, no_broker):
+def test_an_upload_logs_its_file_with_the_callers_request_id(api, logs, sent):
     response = post_file(api, HTTP_X_REQUEST_ID=UPLOAD_ID)
     assert response.status_code == 201
     assert response["X-Request-ID"] == UPLOAD_ID
@@ -67,7 +62,7 @@ def test_an_upload_logs_its_file_with_the_callers_request_id(api, logs, no_broke
 
 
 @pytest.mark.django_db
-def test_a_request_without_an_id_gets_one(api, logs, no_broker):
+def test_a_request_without_an_id_gets_one(api, logs, sent):
     response = post_file(api)
     generated = response["X-Request-ID"]
     assert len(generated) == 32
@@ -139,9 +134,7 @@ def test_a_task_sent_during_a_request_carries_its_id():
 
 
 @pytest.mark.django_db
-def test_the_task_logs_its_start_and_its_outcome_with_its_ids(
-    user, rules, logs, no_broker
-):
+def test_the_task_logs_its_start_and_its_outcome_with_its_ids(user, rules, logs, sent):
     # (The request id that queued it comes in the message headers: shown end to
     # end below, as an eager call has no message.)
     file = services.file_create(owner=user, upload=upload(server_4_bytes()))

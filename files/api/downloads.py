@@ -18,7 +18,6 @@ from typing import IO
 from urllib.parse import quote
 
 from django.conf import settings
-from django.core.files.storage import Storage
 from django.core.handlers.asgi import ASGIRequest
 from django.http import (
     HttpRequest,
@@ -30,6 +29,7 @@ from django.http.response import HttpResponseBase
 from django.utils.http import content_disposition_header
 
 from ..models import File
+from ..uploads import in_s3
 
 CHUNK_SIZE = 64 * 1024
 PRESIGNED_URL_SECONDS = 300
@@ -41,7 +41,7 @@ def download_response(request: HttpRequest, file: File) -> HttpResponseBase:
     """The file's original bytes as an attachment, sent without holding them."""
     storage, name = file.content.storage, file.content.name
     disposition = content_disposition_header(True, file.name)
-    if _is_remote(storage):
+    if in_s3(storage):
         return HttpResponseRedirect(
             storage.url(
                 name,
@@ -64,13 +64,6 @@ def download_response(request: HttpRequest, file: File) -> HttpResponseBase:
     response["Content-Disposition"] = disposition
     response["Content-Length"] = str(storage.size(name))
     return response
-
-
-def _is_remote(storage: Storage) -> bool:
-    """Whether the bytes live in S3 (django-storages), not on a disk of ours."""
-    from storages.backends.s3 import S3Storage
-
-    return isinstance(storage, S3Storage)
 
 
 def _read(handle: IO[bytes]) -> Iterator[bytes]:

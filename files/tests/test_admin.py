@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 
-from files import dispatch, services
+from files import services
 from files.models import AnomalyRule, File
 
 from .factories import server_4_bytes, upload
@@ -21,8 +21,7 @@ def staff_client(client):
 
 
 @pytest.fixture
-def file(user, rules, monkeypatch) -> File:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
+def file(user, rules, sent) -> File:
     file = services.file_create(owner=user, upload=upload(server_4_bytes()))
     services.file_process(file_id=file.pk, task_id=file.task_id)
     file.refresh_from_db()

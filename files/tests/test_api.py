@@ -7,12 +7,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import OperationalError, connection
 from rest_framework.test import APIClient
 
-from files import dispatch, services
+from files import services
 from files.models import File
 
 from .factories import broken_bytes, server_4_bytes, upload
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent")]
 
 FILE_FIELDS = {
     "id",
@@ -50,11 +50,6 @@ SEED_FIELDS = {
     "created_by_id",
     "updated_by_id",
 }
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 def post_file(api: APIClient, content: bytes = b"", name: str = "metrics.json"):

@@ -13,24 +13,19 @@ from channels.testing import WebsocketCommunicator
 from rest_framework.authtoken.models import Token
 
 from dwellfi.asgi import application
-from files import dispatch, services
 from files import events as file_events
+from files import services
 from files.models import File
 from files.serializers import SUMMARY_SERVERS_BYTES
 from notifications.models import Event
 
 from .factories import long_named_servers_bytes, upload
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent")]
 
 EVENT_LIMIT = 64 * 1024
 # An item of a list is a few hundred bytes of fields plus a 255-character name.
 ITEM_LIMIT = 4 * 1024
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import connection
 
 from conftest import Process, free_port, live_env, start_web, wait_for
-from files import dispatch, services
+from files import services
 from files.models import AnomalyRule, File
 
 from .factories import (
@@ -302,14 +302,13 @@ def test_upload_is_processed_live_and_charted(page, live_stack, account, tmp_pat
 
 
 def test_tiny_progress_messages_move_the_bars_and_nothing_else(
-    page, live_stack, account, monkeypatch
+    page, live_stack, account, sent
 ):
     """`file.progress` carries no file resource: the row's and the file page's
     status and progress follow it, the name and the rest stay, a stale one (older
     `last_event_id`) is ignored."""
     from notifications.publisher import build_message, send_live
 
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
     file = services.file_create(
         owner=account, upload=upload(server_4_bytes(), "p.json")
     )

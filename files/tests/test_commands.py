@@ -23,18 +23,6 @@ def sample(tmp_path):
     return write
 
 
-@pytest.fixture
-def sent(monkeypatch) -> list[int]:
-    """The file ids handed to the broker (none is really sent)."""
-    ids: list[int] = []
-    monkeypatch.setattr(
-        dispatch,
-        "enqueue",
-        lambda *, file_id, task_id, size: ids.append(file_id) or True,
-    )
-    return ids
-
-
 @pytest.mark.django_db
 def test_sync_processes_in_process_and_prints_the_counts(
     user, rules, sample, sent, capsys

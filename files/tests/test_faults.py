@@ -715,7 +715,7 @@ def test_postgresql_restarted_between_and_during_tasks(
 
 
 def test_a_file_locked_by_a_lingering_session_waits_for_it(
-    redis_server, fault_env, owner, monkeypatch, tmp_path
+    redis_server, fault_env, owner, sent, tmp_path
 ):
     """A killed worker's database session can outlive it and keep the file's
     processing lock (until TCP keepalive ends it). The task then neither runs
@@ -728,7 +728,6 @@ def test_a_file_locked_by_a_lingering_session_waits_for_it(
 
     from conftest import database_url
 
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
     file = services.file_create(owner=owner, upload=upload(server_4_bytes()))
     worker = start_worker(fault_env, tmp_path)
     lingering = psycopg.connect(database_url())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from files import dispatch, services, tasks
+from files import services, tasks
 from files.models import File
 
 from .factories import SAMPLES, upload
@@ -67,8 +67,7 @@ def outcome(owner, content: bytes) -> tuple[str, dict | None]:
 
 
 @pytest.fixture
-def owner(user, rules, monkeypatch):
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
+def owner(user, rules, sent):
     return user
 
 

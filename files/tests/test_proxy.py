@@ -47,10 +47,12 @@ from .test_downloads import (
     rss,
 )
 from .test_security import multipart_body, raw_post, sign_in, stored_paths
+from .test_tus import CHUNK
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TEMPLATE = Path(settings.BASE_DIR, "deploy/nginx/templates/default.conf.template")
 LIMIT = 1024 * 1024  # the upload limit here: 1 MiB
+CHUNK_LIMIT = 256 * 1024  # a resumable upload's chunk here: 256 KiB
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +153,7 @@ def proxy(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Prox
             redis_server.url,
             "--proxy-headers",
             DWELLFI_MAX_UPLOAD_BYTES=str(LIMIT),
+            DWELLFI_UPLOAD_CHUNK_BYTES=str(CHUNK_LIMIT),
             DWELLFI_X_ACCEL_PREFIX="/_protected/",
         )
         http_port, https_port = free_port(), free_port()
@@ -160,6 +163,7 @@ def proxy(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Prox
                 {
                     "DWELLFI_UPSTREAM": f"127.0.0.1:{web_port}",
                     "DWELLFI_MAX_UPLOAD_BYTES": str(LIMIT),
+                    "DWELLFI_UPLOAD_CHUNK_BYTES": str(CHUNK_LIMIT),
                     "NGINX_HTTP_PORT": str(http_port),
                     "NGINX_HTTPS_PORT": str(https_port),
                     "NGINX_CERT_DIR": str(certs),
@@ -217,6 +221,47 @@ def test_an_oversize_body_is_refused_by_the_proxy_and_never_reaches_daphne(proxy
         )
     assert created.status_code == 201, created.text
     assert '"POST /api/files/" 201' in proxy.web.output()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_resumable_upload_passes_chunk_by_chunk_and_a_larger_chunk_does_not(proxy):
+    """Through nginx a file over the single-request limit arrives in chunks: the
+    upload's Location is the proxy's HTTPS address, each chunk passes, and a chunk
+    over its limit is refused by nginx as JSON before daphne sees it."""
+    content = b"[" + b"1," * (LIMIT // 2) + b"1]"  # over LIMIT in all
+    headers = {
+        "Authorization": f"Token {token_for(user_create())}",
+        "Tus-Resumable": "1.0.0",
+    }
+    with proxy.client(headers=headers) as client:
+        created = client.post(
+            "/api/uploads/", headers={"Upload-Length": str(len(content))}
+        )
+        assert created.status_code == 201, created.text
+        url = created.headers["Location"]
+        assert url.startswith(f"{proxy.base_url}/api/uploads/")
+
+        too_large = client.patch(
+            url,
+            content=content[: CHUNK_LIMIT + 1],
+            headers={"Content-Type": CHUNK, "Upload-Offset": "0"},
+        )
+        assert too_large.status_code == 413
+        assert too_large.json() == {
+            "detail": f"Chunk larger than the limit of {CHUNK_LIMIT} bytes."
+        }
+        assert '"PATCH /api/uploads/' not in proxy.web.output()
+
+        for offset in range(0, len(content), CHUNK_LIMIT):
+            chunk = content[offset : offset + CHUNK_LIMIT]
+            answer = client.patch(
+                url,
+                content=chunk,
+                headers={"Content-Type": CHUNK, "Upload-Offset": str(offset)},
+            )
+            assert answer.status_code == 204, answer.text
+    file = File.objects.get(pk=int(answer.headers["DwellFi-File-Id"]))
+    assert file.size == len(content) > LIMIT
 
 
 @pytest.mark.django_db(transaction=True)

@@ -13,21 +13,16 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.authtoken.models import Token
 
 from conftest import free_port, live_env, start_web
-from files import dispatch, services
+from files import services
 from files.exceptions import QuotaExceeded
 from files.models import UPLOADS_DIR, File
 from notifications.models import Event
 
 from .factories import server_4_bytes, upload, user_create
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent")]
 
 SIZE = len(server_4_bytes())
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 @pytest.fixture

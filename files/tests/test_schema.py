@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 
-from files import dispatch, services
+from files import services
 from files.models import File
 
 from .factories import server_4_bytes, upload
@@ -104,8 +104,7 @@ def in_transaction() -> None:
 
 
 @pytest.fixture
-def owned_file(user, rules, monkeypatch) -> File:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
+def owned_file(user, rules, sent) -> File:
     file = services.file_create(owner=user, upload=upload(server_4_bytes()))
     services.file_process(file_id=file.pk, task_id=file.task_id)
     file.refresh_from_db()

@@ -35,20 +35,15 @@ from conftest import (
     start_web,
 )
 from dwellfi.processes import web_command
-from files import dispatch, services
+from files import services
 from files.api.throttles import UploadThrottle
 from files.models import File
 
 from .factories import server_4_bytes, user_create
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent")]
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 def multipart_file(content: bytes, filename: str = "metrics.json", **fields) -> dict:

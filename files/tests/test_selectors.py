@@ -5,21 +5,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from files import dispatch, selectors, services
+from files import selectors, services
 from files.models import File
 
 from .factories import METRIC_NAMES, upload
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent")]
 
 CALM = (10, 20, 30, 40, 50, 60, 70)  # inside every default rule
 SPIKE = (99, 20, 30, 40, 50, 60, 70)  # cpu_usage above 85
 START = datetime(2024, 9, 19, 10, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 def processed(user, rows: list) -> File:

@@ -2,18 +2,13 @@
 
 import pytest
 
-from files import dispatch, selectors, services
+from files import selectors, services
 from files.models import File
 from files.serializers import SeedFileSerializer
 
 from .factories import broken_bytes, server_4_bytes, upload
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent")]
 
 
 def create(user, content: bytes) -> File:

@@ -4,7 +4,7 @@ import pytest
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from django.db import OperationalError
 
-from files import dispatch, services, tasks
+from files import services, tasks
 from files.models import File
 
 from .factories import server_4_bytes, upload
@@ -13,8 +13,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def file(user, rules, monkeypatch) -> File:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
+def file(user, rules, sent) -> File:
     return services.file_create(owner=user, upload=upload(server_4_bytes()))
 
 

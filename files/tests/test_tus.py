@@ -14,7 +14,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from files import dispatch, leftovers, resumable
+from files import leftovers, resumable
 from files.models import File, Upload
 
 from .factories import server_4_bytes
@@ -25,18 +25,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 TUS = {"HTTP_TUS_RESUMABLE": "1.0.0"}
 CHUNK = "application/offset+octet-stream"
-
-
-@pytest.fixture
-def sent(monkeypatch) -> list[int]:
-    """The file ids handed to the broker (none is really sent)."""
-    ids: list[int] = []
-    monkeypatch.setattr(
-        dispatch,
-        "enqueue",
-        lambda *, file_id, task_id, size: ids.append(file_id) or True,
-    )
-    return ids
 
 
 def metadata(**values: str) -> str:

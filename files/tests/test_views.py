@@ -9,12 +9,12 @@ from django.core.exceptions import PermissionDenied
 from django.test import Client
 from django.urls import include, path
 
-from files import dispatch, services
+from files import services
 from files.models import File
 
 from .factories import broken_bytes, metrics_document, server_4_bytes, upload
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent")]
 
 
 def _boom(request):
@@ -33,11 +33,6 @@ urlpatterns = [
 ]
 handler404 = "files.api.errors.not_found"
 handler500 = "files.api.errors.server_error"
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 def processed(user, content: bytes) -> File:

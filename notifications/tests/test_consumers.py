@@ -12,20 +12,15 @@ from django.contrib.sessions.backends.db import SessionStore
 from rest_framework.authtoken.models import Token
 
 from dwellfi.asgi import application
-from files import dispatch, services
+from files import services
 from files.tests.factories import server_4_bytes, upload, user_create
 from notifications import consumers, publisher
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("in_memory_layer", "no_broker"),
+    pytest.mark.usefixtures("in_memory_layer", "sent"),
 ]
 PATH = "/notification/events"
-
-
-@pytest.fixture
-def no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 @database_sync_to_async

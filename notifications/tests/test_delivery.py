@@ -40,7 +40,7 @@ from conftest import (
     wait_for,
 )
 from dwellfi.asgi import application
-from files import dispatch, services
+from files import services
 from files.models import File
 from files.tests.factories import server_4_bytes, upload, user_create
 from notifications import publisher
@@ -376,13 +376,8 @@ def process_in_process(owner, count: int) -> list[int]:
     return file_ids
 
 
-@pytest.fixture
-def no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
-
-
 def test_a_client_behind_the_retention_gets_a_reset_instead_of_a_gap(
-    live_stack, user, rules, no_broker, settings
+    live_stack, user, rules, sent, settings
 ):
     """Events older than the retention are pruned while a client is away; when it
     reconnects with its old cursor it gets a `snapshot` with `reset: true` (the
@@ -420,7 +415,7 @@ def test_a_client_behind_the_retention_gets_a_reset_instead_of_a_gap(
 
 
 def test_a_client_that_stops_reading_gets_every_event_when_it_resumes(
-    live_stack, user, rules, no_broker
+    live_stack, user, rules, sent
 ):
     """A client that reads nothing while 300 events (three times channels-redis'
     default capacity of 100) are sent to it.
@@ -451,7 +446,7 @@ def test_a_client_that_stops_reading_gets_every_event_when_it_resumes(
 
 
 def test_a_subscriber_redis_cuts_off_still_ends_with_the_final_state(
-    redis_server, user, rules, no_broker, settings, tmp_path
+    redis_server, user, rules, sent, settings, tmp_path
 ):
     """Redis disconnects a subscriber that falls behind its pub/sub output buffer
     limit, and what it held is lost. Here the limit is 64 KB and daphne is frozen
@@ -519,7 +514,7 @@ def test_a_subscriber_redis_cuts_off_still_ends_with_the_final_state(
     logger.info(f"{lost} of {len(received)} events lost by the layer, all replayed")
 
 
-@pytest.mark.usefixtures("in_memory_layer", "no_broker")
+@pytest.mark.usefixtures("in_memory_layer", "sent")
 async def test_a_ping_delivers_events_the_layer_dropped(user, rules, monkeypatch):
     """When the last events were lost there is no later one to reveal the gap:
     the client's ping makes the consumer catch up from the database first."""

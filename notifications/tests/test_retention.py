@@ -7,7 +7,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings as django_settings
 from django.utils import timezone
 
-from files import dispatch, services
+from files import services
 from files.tests.factories import server_4_bytes, upload, user_create
 from notifications import tasks
 from notifications.models import Event, EventCursor
@@ -15,12 +15,7 @@ from notifications.retention import events_prune
 
 from .test_consumers import connect, token_for
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent")]
 
 
 def upload_for(user) -> int:

@@ -4,7 +4,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from files import dispatch, services
+from files import services
 from files.models import File
 from files.tests.factories import broken_bytes, server_4_bytes, upload
 from files.tests.test_api import SEED_FIELDS
@@ -15,13 +15,8 @@ from .test_consumers import closed_with, connect, make_user, token_for
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("in_memory_layer", "no_broker", "rules"),
+    pytest.mark.usefixtures("in_memory_layer", "sent", "rules"),
 ]
-
-
-@pytest.fixture
-def no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
 
 
 @database_sync_to_async

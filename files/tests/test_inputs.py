@@ -13,7 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.authtoken.models import Token
 from websockets.sync.client import connect
 
-from files import dispatch, inputs, services, tasks
+from files import inputs, services, tasks
 from files.engine import DEFAULT_RULES, DocumentInvalid, DocumentMalformed
 from files.inputs import DecompressionFailed
 from files.models import File, RecordError
@@ -226,13 +226,8 @@ def test_json_lines_without_any_valid_record_fail():
 # --- uploads, the task, the download -------------------------------------------------
 
 
-@pytest.fixture
-def _no_broker(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "enqueue", lambda *, file_id, task_id, size: True)
-
-
 @pytest.mark.django_db
-@pytest.mark.usefixtures("_no_broker")
+@pytest.mark.usefixtures("sent")
 @pytest.mark.parametrize(
     ("content", "detail"),
     [
@@ -255,7 +250,7 @@ def test_uploads_of_gzip_that_cannot_be_json_are_refused(api, content, detail):
 
 
 @pytest.mark.django_db
-@pytest.mark.usefixtures("_no_broker")
+@pytest.mark.usefixtures("sent")
 def test_a_gzip_upload_is_processed_and_downloads_as_uploaded(api, user, rules):
     compressed = gzip.compress(server_4_bytes())
 

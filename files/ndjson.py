@@ -181,8 +181,10 @@ class _FastLines:
             if end >= 0:
                 yield END_LINE
                 return
-            # FastReader ends every text with a newline, so this is never b"".
             self.chunk, self.pos = self.reader.read(CHUNK_SIZE), 0
+            if not self.chunk:
+                # FastReader ends every text with a newline: never reached.
+                raise Unsafe
 
 
 class _LineStream:

@@ -1,6 +1,6 @@
 # DwellFi's production image: daphne (web), Celery worker and beat all run from it;
 # docker-compose.yml chooses the command. Static files are collected at build time.
-# The browser libraries (uPlot, htmx) come from the npm registry, pinned by package-lock.json
+# The browser libraries (uPlot, htmx, tus-js-client) come from the npm registry, pinned by package-lock.json
 # (its dev dependency, the JSON parsing test suite, only for the tests).
 FROM node:20-slim AS node-deps
 WORKDIR /app

@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# node_modules/ holds the browser libraries served as static files (uPlot, htmx).
+# node_modules/ holds the browser libraries served as static files (uPlot, htmx, tus).
 NODE_STAMP := node_modules/.installed
 PORT ?= 8000
 ARGS ?=

@@ -312,9 +312,11 @@ STATIC_URL = "/static/"
 STATIC_ROOT = env.path("DWELLFI_STATIC_ROOT", default=BASE_DIR / "staticfiles")
 STATICFILES_DIRS = [
     BASE_DIR / "static",
-    # uPlot and htmx, installed from the npm registry by `npm ci` (package-lock.json).
+    # uPlot, htmx and tus-js-client, installed from the npm registry by `npm ci`
+    # (package-lock.json).
     ("vendor/uplot", BASE_DIR / "node_modules/uplot/dist"),
     ("vendor/htmx", BASE_DIR / "node_modules/htmx.org/dist"),
+    ("vendor/tus", BASE_DIR / "node_modules/tus-js-client/dist"),
 ]
 _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 if env.str("DWELLFI_S3_BUCKET", default=""):

@@ -52,6 +52,12 @@ def home(request: HttpRequest) -> HttpResponse:
             "kinds": File.Kind.values,
             "last_event_id": last_event_id(user=request.user),
             "max_upload_bytes": settings.DWELLFI_MAX_UPLOAD_BYTES,
+            # Larger files go resumably (tus), a chunk at a time: docs/uploads.md.
+            "resumable_from": min(
+                settings.DWELLFI_UPLOAD_CHUNK_BYTES, settings.DWELLFI_MAX_UPLOAD_BYTES
+            ),
+            "chunk_bytes": settings.DWELLFI_UPLOAD_CHUNK_BYTES,
+            "max_resumable_bytes": settings.DWELLFI_MAX_RESUMABLE_BYTES,
         },
     )
 

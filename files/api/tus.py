@@ -34,6 +34,8 @@ CHUNK_TYPE = "application/offset+octet-stream"
 # Methods a client that can send only GET and POST may ask for (tus core).
 OVERRIDABLE = {"PATCH", "DELETE"}
 CHECKSUM_MISMATCH = 460
+# DwellFi's own: the largest chunk a PATCH may carry (DWELLFI_UPLOAD_CHUNK_BYTES).
+CHUNK_SIZE_HEADER = "DwellFi-Max-Chunk-Size"
 
 
 def _problem(status: int, detail: str, **headers: str) -> Response:
@@ -119,6 +121,8 @@ class TusView(APIView):
                 "Tus-Extension": TUS_EXTENSIONS,
                 "Tus-Max-Size": str(settings.DWELLFI_MAX_RESUMABLE_BYTES),
                 "Tus-Checksum-Algorithm": ",".join(resumable.CHECKSUMS),
+                # tus has no header for the largest chunk; clients chunk by this.
+                CHUNK_SIZE_HEADER: str(settings.DWELLFI_UPLOAD_CHUNK_BYTES),
             },
         )
 

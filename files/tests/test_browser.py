@@ -11,6 +11,7 @@ What the tests need to look into a page they bring themselves, as init scripts
 nothing for them.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -27,11 +28,13 @@ from django.db import connection
 
 from conftest import Process, free_port, live_env, start_web, wait_for
 from files import services
-from files.models import AnomalyRule, File
+from files.models import AnomalyRule, File, Upload
 
 from .factories import (
     METRIC_NAMES,
     broken_bytes,
+    expected_anomalies,
+    metrics_bytes,
     server_4_bytes,
     upload,
     user_create,
@@ -881,3 +884,171 @@ def test_reconnects_and_catches_up_after_a_web_restart(page, own_web, account):
     cursors = [int(re.search(r"after=(\d+)", url).group(1)) for url in sockets[1:]]
     assert cursors and min(cursors) >= cursor_before, sockets
     assert max(received) > cursor_before
+
+
+# --- resumable uploads (tus-js-client) ----------------------------------------------
+
+RESUMABLE_CHUNK = 256 * 1024
+
+
+@pytest.fixture
+def small_chunk_web(live_stack, tmp_path) -> Iterator[RestartableWeb]:
+    """A daphne of its own taking chunks of 256 KiB, so that a file of 2 MB is a
+    resumable upload of eight chunks. The session's workers process the files."""
+    env = {
+        **live_env(Path(settings.MEDIA_ROOT)),
+        "DWELLFI_UPLOAD_CHUNK_BYTES": str(RESUMABLE_CHUNK),
+    }
+    port = free_port()
+    web = RestartableWeb(env, tmp_path, port, start_web(env, tmp_path, port, "tus-web"))
+    yield web
+    web.process.stop()
+
+
+class HeldChunks:
+    """Watches the page's chunks (PATCH /api/uploads/ID/): lets them through, but
+    holds the ones whose number (from 1) is in `hold` unanswered, as a link that
+    stalls would."""
+
+    def __init__(self, page, hold: set[int]) -> None:
+        self.page = page
+        self.hold = hold
+        self.offsets: list[int] = []
+        page.route("**/api/uploads/**", self._handle)
+
+    def _handle(self, route, request) -> None:
+        if request.method != "PATCH":
+            route.continue_()
+            return
+        self.offsets.append(int(request.headers["upload-offset"]))
+        if len(self.offsets) not in self.hold:
+            route.continue_()
+
+    def wait_until_held(self, number: int) -> None:
+        """Until the page has sent its `number`th chunk (Playwright dispatches the
+        route while the page waits)."""
+        for _ in range(TIMEOUT_MS // 50):
+            if len(self.offsets) >= number:
+                return
+            self.page.wait_for_timeout(50)
+        raise TimeoutError(f"chunk {number} not sent; offsets {self.offsets}")
+
+
+def test_a_large_file_uploads_resumably_through_pause_and_a_reload(
+    page, small_chunk_web, account, tmp_path
+):
+    records = 10_000
+    path = tmp_path / "resumable.json"
+    path.write_bytes(metrics_bytes(records))  # about 1.5 MB: six chunks
+    chunks = HeldChunks(page, hold={3, 5})
+    sign_in(page, small_chunk_web.base_url, account)
+    load_id = page.evaluate("window.__loadId")
+
+    page.set_input_files("#upload-input", str(path))
+    item = page.locator(".upload-item", has_text="resumable.json")
+    chunks.wait_until_held(3)
+    # Two chunks are stored, the third hangs: pause, then resume from the server's.
+    item.get_by_role("button", name="Pause uploading resumable.json").click()
+    expect(item).to_have_attribute("data-state", "paused")
+    expect(item.locator("[data-role=upload-message]")).to_contain_text("Paused at")
+    screenshot(page, "12-resumable-paused", full_page=False)
+    item.get_by_role("button", name="Resume uploading resumable.json").click()
+    chunks.wait_until_held(5)
+    assert chunks.offsets == [k * RESUMABLE_CHUNK for k in (0, 1, 2, 2, 3)]
+
+    # The fifth chunk hangs: reload. The page lists the unfinished upload with what
+    # the server holds (three chunks), and goes on from there once the same file is
+    # chosen again.
+    page.reload()
+    assert page.evaluate("window.__loadId") != load_id
+    held = 3 * RESUMABLE_CHUNK
+    expect(item).to_have_attribute("data-state", "paused")
+    expect(item.locator("[data-role=upload-message]")).to_have_text(
+        f"Stopped at {round(100 * held / path.stat().st_size)}%. "
+        "Choose this file again to go on from there."
+    )
+    screenshot(page, "13-resumable-after-reload", full_page=False)
+    page.set_input_files("#upload-input", str(path))
+    file_row = row(page, "resumable.json")
+    expect(file_row.locator("[data-role=status]")).to_have_text("processed")
+    expect(file_row.locator("[data-role=records]")).to_have_text(str(records))
+    expect(file_row.locator("[data-role=anomalies]")).to_have_text(
+        str(expected_anomalies(records))
+    )
+    expect(item).to_have_count(1)
+    screenshot(page, "14-resumable-processed", full_page=False)
+    # After the reload the upload went on at the server's offset: no byte was sent
+    # twice but the chunks that hung, and the file is the one chosen.
+    assert chunks.offsets[5] == held
+    assert chunks.offsets == sorted(chunks.offsets)
+    assert chunks.offsets.count(0) == 1
+    file = File.objects.get(owner=account, name="resumable.json")
+    assert file.size == path.stat().st_size
+    assert file.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    page.unroute_all(behavior="ignoreErrors")
+
+
+def test_a_paused_upload_can_be_discarded(page, small_chunk_web, account, tmp_path):
+    path = tmp_path / "discarded.json"
+    path.write_bytes(metrics_bytes(5_000))
+    chunks = HeldChunks(page, hold={2})
+    sign_in(page, small_chunk_web.base_url, account)
+    page.set_input_files("#upload-input", str(path))
+    item = page.locator(".upload-item", has_text="discarded.json")
+    chunks.wait_until_held(2)
+    item.get_by_role("button", name="Pause uploading discarded.json").click()
+    item.get_by_role("button", name="Discard the upload of discarded.json").click()
+    expect(item).to_have_count(0)
+    for _ in range(TIMEOUT_MS // 50):  # the DELETE goes through the page's route
+        if not Upload.objects.filter(owner=account).exists():
+            break
+        page.wait_for_timeout(50)
+    assert not Upload.objects.filter(owner=account).exists()
+    assert (
+        page.evaluate(
+            "Object.keys(localStorage).filter((key) => key.startsWith('tus::'))"
+        )
+        == []
+    )
+    page.reload()
+    expect(page.locator("#conn")).to_have_attribute("data-state", "connected")
+    expect(page.locator(".upload-item")).to_have_count(0)
+    assert not File.objects.filter(owner=account).exists()
+    page.unroute_all(behavior="ignoreErrors")
+
+
+def test_a_lost_answer_to_the_last_chunk_still_shows_the_file(
+    page, small_chunk_web, account, tmp_path
+):
+    records = 3_000
+    path = tmp_path / "lost-answer.json"
+    path.write_bytes(metrics_bytes(records))  # two chunks
+    chunks = len(range(0, path.stat().st_size, RESUMABLE_CHUNK))
+    patches = []
+
+    def deliver_then_drop_the_last_answer(route, request) -> None:
+        if request.method == "PATCH":
+            patches.append(int(request.headers["upload-offset"]))
+            if len(patches) == chunks:
+                route.fetch()  # the server takes the last chunk and makes the file
+                route.abort("connectionreset")  # and its answer never arrives
+                return
+        route.continue_()
+
+    page.route("**/api/uploads/**", deliver_then_drop_the_last_answer)
+    sign_in(page, small_chunk_web.base_url, account)
+    page.set_input_files("#upload-input", str(path))
+    item = page.locator(".upload-item", has_text="lost-answer.json")
+    expect(item).to_have_attribute("data-state", "done")
+    file = File.objects.get(owner=account)
+    expect(item.get_by_role("link", name="Open lost-answer.json")).to_have_attribute(
+        "href", f"/f/{file.pk}/"
+    )
+    file_row = row(page, "lost-answer.json")
+    expect(file_row.locator("[data-role=status]")).to_have_text("processed")
+    expect(file_row.locator("[data-role=records]")).to_have_text(str(records))
+    # The retry found every byte on the server (HEAD) and sent none again.
+    assert len(patches) == chunks
+    assert File.objects.filter(owner=account).count() == 1
+    expect(page.locator("tr.file-row")).to_have_count(1)
+    page.unroute_all(behavior="ignoreErrors")

@@ -1,6 +1,7 @@
 """`manage.py upload`: files uploaded from the command line, with their outcome."""
 
 import io
+import re
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -118,6 +119,23 @@ def test_wait_gives_up_after_the_timeout_without_a_worker(user, sample, sent, ca
     with pytest.raises(CommandError):
         call_command("upload", path, "--user", user.username, "--timeout", "0.3")
     assert "still queued: no outcome in time" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ((), "--user is required (or --url to upload over HTTP)."),
+        (("--url", "http://127.0.0.1:9"), "--url needs an API token"),
+        (("--url", "http://127.0.0.1:9", "--token", "k", "--sync"), "--url uploads"),
+        (("--url", "http://127.0.0.1:9", "--token", "k"), "cannot reach"),
+    ],
+)
+def test_uploads_over_http_need_a_token_and_a_server(
+    arguments, error, sample, monkeypatch
+):
+    monkeypatch.delenv("DWELLFI_TOKEN", raising=False)
+    with pytest.raises(CommandError, match=re.escape(error)):
+        call_command("upload", sample("a.json", b"[]"), *arguments)
 
 
 def test_generate_metrics_is_deterministic_and_processable(tmp_path, user, rules):

@@ -165,7 +165,7 @@ def test_a_chunk_over_the_limit_is_refused_and_not_stored(api, settings):
     assert patch(api, url, 0, b"[" + b"0," * 400).status_code == 204
 
 
-def test_checksums_are_checked(api):
+def test_checksums_are_checked(api, sent):
     url = create(api, 4)
     good = base64.b64encode(hashlib.sha1(b"[1,2").digest()).decode()
     bad = base64.b64encode(hashlib.sha1(b"nope").digest()).decode()
@@ -175,7 +175,7 @@ def test_checksums_are_checked(api):
     unknown = patch(api, url, 0, b"[1,2", HTTP_UPLOAD_CHECKSUM=f"crc32 {good}")
     assert unknown.status_code == 400
     ok = patch(api, url, 0, b"[1,2", HTTP_UPLOAD_CHECKSUM=f"sha1 {good}")
-    assert ok.status_code == 204
+    assert ok.status_code == 204 and sent == [int(ok["DwellFi-File-Id"])]
 
 
 def test_method_override_for_clients_that_only_post(api, sent):

@@ -1,7 +1,9 @@
 /* DwellFi home page: upload files (picker or drag and drop) and keep the table live:
  * an event about a file has its row fetched again from the server and morphed in
  * (common.js `DwellFi.refresh`), a `file.progress` message moves its status and
- * progress bar only. */
+ * progress bar only. A file larger than one chunk goes resumably (tus, upload.js
+ * `DwellFi.uploadResumable`): it can be paused and resumed, and after a reload the
+ * page lists what was left unfinished until the file is chosen again. */
 (function () {
   'use strict';
 
@@ -12,6 +14,8 @@
   var form, input, uploadsEl, body, emptyEl, wrapEl, countEl;
   var maxBytes = Infinity;
   var maxLabel = '';
+  var resumableFrom = Infinity;
+  var resumable = { chunkBytes: 0, maxBytes: Infinity, maxLabel: '', userId: '' };
   var page = 1;
   var filters = { status: '', kind: '', query: '' };
   var queue = [];
@@ -226,41 +230,135 @@
     bar.value = 0;
     setItem(item, 'uploading', 'Uploading…');
 
+    if (job.file.size > resumableFrom) {
+      sendResumable(job, bar);
+      return;
+    }
     D.upload(job.file, {
       method: 'POST',
       url: '/api/files/',
-      onProgress: function (fraction) {
-        bar.value = fraction;
-        setItem(item, 'uploading', fraction >= 1
-          ? 'Sent; the server is storing it…' : 'Uploading… ' + D.percent(fraction) + '%');
-      }
+      onProgress: function (fraction) { showSent(item, bar, fraction); }
     }).then(function (result) {
       active -= 1;
       window.setTimeout(pump, 0);
-      var file = result.data;
-      if (result.status === 201 && file && file.id !== undefined) {
-        showFile(file, true);
-        setItem(item, 'done', 'Uploaded. Its progress shows in the table below.');
-        setActions(item, [{ label: 'Open', href: '/f/' + encodeURIComponent(file.id) + '/',
-                            ariaLabel: 'Open ' + job.file.name }]);
-        window.setTimeout(function () { removeItem(item); }, DONE_ITEM_LINGER);
+      finish(job, result);
+    });
+  }
+
+  function showSent(item, bar, fraction) {
+    bar.value = fraction;
+    setItem(item, 'uploading', fraction >= 1
+      ? 'Sent; the server is storing it…' : 'Uploading… ' + D.percent(fraction) + '%');
+  }
+
+  /** A resumable upload, with its Pause (then Resume and Discard) buttons. A paused
+   * upload gives its place in the queue to the next file. */
+  function sendResumable(job, bar) {
+    var item = job.item;
+    var name = job.file.name;
+    var paused = false;
+    var control = D.uploadResumable(job.file, {
+      chunkSize: resumable.chunkBytes,
+      userId: resumable.userId,
+      onProgress: function (fraction) { if (!paused) showSent(item, bar, fraction); },
+      onResume: function () { setItem(item, 'uploading', 'Going on from where it stopped…'); }
+    });
+
+    function pause() {
+      paused = true;
+      control.pause();
+      setItem(item, 'paused', 'Paused at ' + D.percent(bar.value) + '%.');
+      setActions(item, [
+        { label: 'Resume', ariaLabel: 'Resume uploading ' + name, onClick: resume },
+        { label: 'Discard', ariaLabel: 'Discard the upload of ' + name, onClick: control.discard }
+      ]);
+      active -= 1;
+      pump();
+    }
+
+    function resume() {
+      paused = false;
+      active += 1;
+      setItem(item, 'uploading', 'Going on from where it stopped…');
+      showPause();
+      control.resume();
+    }
+
+    function showPause() {
+      setActions(item, [{ label: 'Pause', ariaLabel: 'Pause uploading ' + name, onClick: pause }]);
+    }
+
+    showPause();
+    control.done.then(function (result) {
+      if (!paused) {
+        active -= 1;
+        window.setTimeout(pump, 0);
+      }
+      if (result.status === -1) {
+        removeItem(item); // discarded: the server deleted its bytes
         return;
       }
-      var text = D.errorMessage(result.status, result.text);
-      if (result.status === 413 && !/limit|large/i.test(text)) text += ' The limit is ' + maxLabel + '.';
-      if (result.status === 429 && result.retryAfter && /^\d+$/.test(result.retryAfter)) {
-        text += ' (retry in ' + result.retryAfter + ' s)';
-      }
-      failItem(job, text, result.status === 0 || result.status === 429 || result.status >= 500);
+      setActions(item, []);
+      finish(job, result);
+    });
+  }
+
+  /** Show an upload's answer: the new file's row, or why it failed. */
+  function finish(job, result) {
+    var item = job.item;
+    var file = result.data;
+    if (result.status === 201 && file && file.id !== undefined) {
+      showFile(file, true);
+      setItem(item, 'done', 'Uploaded. Its progress shows in the table below.');
+      setActions(item, [{ label: 'Open', href: '/f/' + encodeURIComponent(file.id) + '/',
+                          ariaLabel: 'Open ' + job.file.name }]);
+      window.setTimeout(function () { removeItem(item); }, DONE_ITEM_LINGER);
+      return;
+    }
+    var text = D.errorMessage(result.status, result.text);
+    var limit = job.file.size > resumableFrom ? resumable.maxLabel : maxLabel;
+    if (result.status === 413 && !/limit|large/i.test(text)) text += ' The limit is ' + limit + '.';
+    if (result.status === 429 && result.retryAfter && /^\d+$/.test(result.retryAfter)) {
+      text += ' (retry in ' + result.retryAfter + ' s)';
+    }
+    failItem(job, text, result.status === 0 || result.status === 429 || result.status >= 500);
+  }
+
+  // --- resumable uploads left unfinished (a reload, a closed tab) -------------------
+
+  function listUnfinished() {
+    D.unfinishedUploads(resumable.userId).then(function (uploads) {
+      uploads.forEach(function (upload) {
+        var item = createItem({ name: upload.name, size: upload.size });
+        item.dataset.unfinished = upload.name + '\n' + upload.size;
+        var bar = item.querySelector('[data-role="upload-progress"]');
+        bar.value = upload.size ? upload.offset / upload.size : 0;
+        setItem(item, 'paused', 'Stopped at ' + D.percent(bar.value) +
+          '%. Choose this file again to go on from there.');
+        setActions(item, [{
+          label: 'Discard',
+          ariaLabel: 'Discard the upload of ' + upload.name,
+          onClick: function () { removeItem(item); D.discardUpload(upload); }
+        }]);
+      });
+    });
+  }
+
+  /** A chosen file takes the place of its unfinished upload's item. */
+  function replaceUnfinished(file) {
+    Array.prototype.slice.call(uploadsEl.querySelectorAll('[data-unfinished]')).forEach(function (item) {
+      if (item.dataset.unfinished === file.name + '\n' + file.size) removeItem(item);
     });
   }
 
   function addFiles(list) {
     Array.prototype.slice.call(list || []).forEach(function (file) {
+      replaceUnfinished(file);
       var job = { file: file, item: createItem(file) };
-      if (file.size > maxBytes) {
-        failItem(job, 'Too large: ' + D.formatSize(file.size) + ' is over the ' + maxLabel +
-          ' limit. It was not uploaded.', false);
+      var big = file.size > resumableFrom;
+      if (file.size > (big ? resumable.maxBytes : maxBytes)) {
+        failItem(job, 'Too large: ' + D.formatSize(file.size) + ' is over the ' +
+          (big ? resumable.maxLabel : maxLabel) + ' limit. It was not uploaded.', false);
         return;
       }
       if (file.size === 0) {
@@ -318,6 +416,15 @@
     var limit = Number(form.dataset.maxBytes);
     if (limit > 0) maxBytes = limit;
     maxLabel = form.dataset.maxLabel || D.formatSize(maxBytes);
+    if (window.tus && window.tus.isSupported && Number(form.dataset.resumableFrom) > 0) {
+      resumableFrom = Number(form.dataset.resumableFrom);
+      resumable = {
+        chunkBytes: Number(form.dataset.chunkBytes),
+        maxBytes: Number(form.dataset.maxResumableBytes),
+        maxLabel: form.dataset.maxResumableLabel,
+        userId: form.dataset.userId
+      };
+    }
     var table = document.getElementById('files-table');
     page = Number(table.dataset.page) || 1;
     filters = {
@@ -335,6 +442,7 @@
     form.addEventListener('submit', function (event) { event.preventDefault(); });
     setupDragAndDrop();
     D.onFileEvent(onMessage);
+    if (resumableFrom !== Infinity) listUnfinished();
   }
 
   start();

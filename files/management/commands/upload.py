@@ -6,9 +6,15 @@ for the workers to process every file (`--no-wait` returns once they are queued)
 `--sync` processes them in this process instead, which needs no worker. The exit
 status is non-zero when any file could not be read, was refused, failed or was not
 done in time.
+
+With `--url` (and an API token) the files go to a running server over HTTP instead,
+as resumable uploads (`files.client`, tus through tuspy): chunked at the server's
+chunk size, going on from the server's offset after a dropped connection, and,
+run again after an interruption, from where the last run stopped.
 """
 
 import mimetypes
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,7 @@ from django.db import transaction
 from django_guid import clear_guid, set_guid
 from django_guid.utils import generate_guid
 
-from files import services
+from files import client, services
 from files.models import File
 
 POLL_SECONDS = 0.2
@@ -32,9 +38,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("paths", nargs="+", metavar="FILE", type=Path)
-        parser.add_argument(
-            "--user", required=True, help="The username that will own the files."
-        )
+        parser.add_argument("--user", help="The username that will own the files.")
         parser.add_argument(
             "--wait",
             action="store_true",
@@ -58,6 +62,42 @@ class Command(BaseCommand):
             default=600.0,
             help="Seconds to wait for the workers (default 600).",
         )
+        remote = parser.add_argument_group(
+            "over HTTP", "Upload to a running server, resumably (tus), instead."
+        )
+        remote.add_argument(
+            "--url", help="The server, e.g. http://127.0.0.1:8000 (then no --user)."
+        )
+        remote.add_argument(
+            "--token",
+            default=os.environ.get("DWELLFI_TOKEN"),
+            help="The API token (default: $DWELLFI_TOKEN).",
+        )
+        remote.add_argument(
+            "--chunk-size",
+            type=int,
+            help="Bytes per request (default: the largest the server takes).",
+        )
+        remote.add_argument(
+            "--retries",
+            type=int,
+            default=5,
+            help="Tries in a row after a failed chunk, each from the server's "
+            "offset (default 5).",
+        )
+        remote.add_argument(
+            "--retry-delay",
+            type=float,
+            default=1.0,
+            help="Seconds before the first retry, doubling each time (default 1).",
+        )
+        remote.add_argument(
+            "--resume-file",
+            type=Path,
+            default=client.default_resume_file(),
+            help="Where unfinished uploads are remembered between runs "
+            "(default: %(default)s).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         # One request id for the run: the logs of every file it uploads carry it.
@@ -68,6 +108,11 @@ class Command(BaseCommand):
             clear_guid()
 
     def _handle(self, **options: Any) -> None:
+        if options["url"]:
+            self._handle_remote(**options)
+            return
+        if not options["user"]:
+            raise CommandError("--user is required (or --url to upload over HTTP).")
         owner = self._owner(options["user"])
         waiting = options["wait"] and not options["sync"]
         problems = 0
@@ -86,6 +131,96 @@ class Command(BaseCommand):
         if problems:
             total = len(options["paths"])
             raise CommandError(f"{problems} of {total} files did not succeed.")
+
+    def _handle_remote(self, **options: Any) -> None:
+        if options["user"] or options["sync"]:
+            raise CommandError("--url uploads as the token's user, to its workers.")
+        if not options["token"]:
+            raise CommandError("--url needs an API token: --token or DWELLFI_TOKEN.")
+        server = client.Server(options["url"], options["token"])
+        try:
+            chunk_size = options["chunk_size"] or server.chunk_size()
+        except client.UploadFailed as exc:
+            raise CommandError(str(exc)) from exc
+        storage = client.resume_storage(options["resume_file"])
+        problems = 0
+        uploaded: list[tuple[Path, int]] = []
+        try:
+            for path in options["paths"]:
+                file_id = self._send(path, server, storage, chunk_size, options)
+                if file_id is None:
+                    problems += 1
+                    continue
+                uploaded.append((path, file_id))
+        finally:
+            storage.close()
+        deadline = time.monotonic() + options["timeout"]
+        for path, file_id in uploaded:
+            file = self._remote_file(server, file_id)
+            while options["wait"] and not file.is_final:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(POLL_SECONDS)
+                file = self._remote_file(server, file_id)
+            problems += not self._report(path, file, waited=options["wait"])
+        if problems:
+            total = len(options["paths"])
+            raise CommandError(f"{problems} of {total} files did not succeed.")
+
+    def _send(
+        self, path: Path, server, storage, chunk_size: int, options
+    ) -> int | None:
+        """Upload one file over HTTP: its id, or None when it went nowhere."""
+        try:
+            fingerprinter = client.path_fingerprint(server, path)
+        except OSError as exc:
+            self._say(path, f"cannot read: {exc.strerror or exc}", ok=False)
+            return None
+        shown = -1
+
+        def progress(offset: int, length: int) -> None:
+            nonlocal shown
+            tenth = offset * 10 // length
+            if tenth > shown:
+                shown = tenth
+                self._say(path, f"sent {offset} of {length} bytes", ok=True)
+
+        def resume(offset: int, why: str) -> None:
+            self._say(path, f"resuming at byte {offset} after {why}", ok=True)
+
+        try:
+            return client.upload(
+                server,
+                path,
+                name=path.name,
+                chunk_size=chunk_size,
+                retries=options["retries"],
+                retry_delay=options["retry_delay"],
+                storage=storage,
+                fingerprinter=fingerprinter,
+                on_progress=progress,
+                on_resume=resume,
+            )
+        except client.UploadFailed as exc:
+            if exc.offset is None:
+                self._say(path, f"not uploaded: {exc}", ok=False)
+            else:
+                self._say(
+                    path,
+                    f"interrupted at byte {exc.offset}: {exc}; "
+                    "run the command again to resume",
+                    ok=False,
+                )
+            return None
+
+    def _remote_file(self, server, file_id: int) -> File:
+        """The file as the server has it, as an unsaved File (for `_report`)."""
+        try:
+            data = server.get_json(server.api_url(f"/api/files/{file_id}/"))
+        except client.UploadFailed as exc:
+            raise CommandError(f"file {file_id}: {exc}") from exc
+        fields = {f.name for f in File._meta.concrete_fields} - {"owner", "updated_by"}
+        return File(**{name: value for name, value in data.items() if name in fields})
 
     def _owner(self, username: str):
         user = get_user_model().objects.filter(username=username).first()

@@ -231,11 +231,11 @@ class Api:
             timeout=600,
         )
 
-    async def upload(self, path: Path | None = None, data: bytes = b"") -> int:
+    async def upload(
+        self, path: Path | None = None, data: bytes = b"", name: str = "metrics.json"
+    ) -> int:
         content = path.read_bytes() if path is not None else data
-        response = await self.http.post(
-            "/api/files/", files={"file": ("metrics.json", content)}
-        )
+        response = await self.http.post("/api/files/", files={"file": (name, content)})
         if response.status_code != 201:
             raise RuntimeError(f"upload: {response.status_code} {response.text}")
         return response.json()["id"]

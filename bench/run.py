@@ -24,6 +24,8 @@ generates its own data in a temporary folder, and prints a markdown table:
 * small-file throughput: concurrent uploads for 60 s, files processed end to end
   per second, every `file.processed` delivered, against the same no-op task sent
   as fast as the worker takes it.
+* forms (`bench/forms.py`): the large file as a gzip document, JSON Lines and
+  gzip JSON Lines, each against the document in the same run.
 
     make bench                      # the whole run, about 10 minutes
     make bench ARGS="--quick"       # smaller files, fewer uploads: a smoke run
@@ -71,6 +73,7 @@ from bench.common import (
     processed,
     quantile,
 )
+from bench.forms import forms
 from bench.stack import Stack, free_port, manage
 
 
@@ -453,6 +456,7 @@ DATA = {
     "chart": [],
     "latency": ["small"],
     "throughput": ["small"],
+    "forms": ["large"],
 }
 BENCHMARKS = {
     "large": large_file,
@@ -461,6 +465,7 @@ BENCHMARKS = {
     "chart": chart_query,
     "latency": small_latency,
     "throughput": small_throughput,
+    "forms": forms,
 }
 
 

@@ -273,6 +273,14 @@ DWELLFI_MAX_RESUMABLE_BYTES = env.int(
 DWELLFI_UPLOAD_EXPIRY_SECONDS = env.int(
     "DWELLFI_UPLOAD_EXPIRY_SECONDS", default=24 * 3600
 )
+# A gzip file is decompressed while the worker reads it, never past this many
+# bytes (docs/processing.md): 4x the largest upload. Metrics exports compress about
+# 7x (docs/performance.md), and at the ~20 MB/s a large file is processed at, a run
+# of this size ends within the task's soft time limit. A gzip bomb fails at the
+# limit, memory flat.
+DWELLFI_MAX_DECOMPRESSED_BYTES = env.int(
+    "DWELLFI_MAX_DECOMPRESSED_BYTES", default=4 * DWELLFI_MAX_RESUMABLE_BYTES
+)
 CELERY_BEAT_SCHEDULE["files.expire_uploads"] = {
     "task": "files.tasks.expire_uploads",
     "schedule": timedelta(minutes=10),

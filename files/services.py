@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from notifications.publisher import events_forget_file, events_lock
 
-from . import dispatch, engine
+from . import dispatch, engine, inputs
 from .events import (
     FileEvent,
     file_event_now,
@@ -491,9 +491,11 @@ def _run_engine(
     with ResultSink(
         file.pk, file.generation, pipelined=pipelined, one_batch=one_batch
     ) as sink:
-        outcome = engine.process(
+        outcome = inputs.process(
             lambda: file.content.storage.open(file.content.name, "rb"),
+            name=file.name,
             size=file.size,
+            max_decompressed=settings.DWELLFI_MAX_DECOMPRESSED_BYTES,
             rules=rules,
             sink=sink,
             on_progress=progress_reporter(file, stopped=lambda: sink.superseded),

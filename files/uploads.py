@@ -4,6 +4,7 @@ say, checking what arrived, naming and storing it."""
 import hashlib
 import os
 import unicodedata
+import zlib
 from http import HTTPStatus
 from typing import Any
 
@@ -15,12 +16,16 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from .exceptions import UploadRefused, UploadTooLarge
+from .inputs import GZIP_MAGIC
 from .models import File
 
 # Room for the multipart boundaries and the small form fields around the file.
 MULTIPART_OVERHEAD = 64 * 1024
 # Resumable (tus) uploads: each body is a chunk (`files.api.tus`).
 RESUMABLE_PREFIX = "/api/uploads/"
+# How much of an upload is looked at, decompressed when it is gzip.
+SNIFF_BYTES = 4096
+GZIP_WBITS = 16 + zlib.MAX_WBITS
 # What a JSON text can start with, after optional whitespace and a UTF-8 BOM.
 JSON_START = frozenset(b'{["-0123456789tfn')
 # Bidirectional formatting characters: "invoice\u202efdp.json" would show as
@@ -37,17 +42,32 @@ def in_s3(storage: Storage) -> bool:
 
 
 def upload_check(upload: UploadedFile) -> None:
-    """Refuse what cannot be a JSON text from its first bytes (nothing is stored)."""
+    """Refuse what cannot be a JSON text (a document or JSON Lines, gzip-compressed
+    or not) from its first bytes (nothing is stored)."""
     upload.seek(0)
-    head = upload.read(4096)
+    head = upload.read(SNIFF_BYTES)
     upload.seek(0)
+    whole = len(head) < SNIFF_BYTES
+    if head.startswith(GZIP_MAGIC):
+        head, whole = _gunzip_head(head)
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
-    if not head:
+    if not head and whole:
         raise UploadRefused("The submitted file is empty.")
-    if not text and len(head) < 4096:
+    if not text and whole:
         raise UploadRefused("The submitted file holds only whitespace.")
     if text and text[0] not in JSON_START:
         raise UploadRefused("The submitted file is not JSON.")
+
+
+def _gunzip_head(head: bytes) -> tuple[bytes, bool]:
+    """The first decompressed bytes of a gzip file's first bytes, and whether they
+    are all it holds (the worker decompresses the whole file, within its limit)."""
+    decompressor = zlib.decompressobj(wbits=GZIP_WBITS)
+    try:
+        text = decompressor.decompress(head, SNIFF_BYTES)
+    except zlib.error:
+        raise UploadRefused("The submitted file is not valid gzip.") from None
+    return text, decompressor.eof and len(text) < SNIFF_BYTES
 
 
 def upload_store(upload: UploadedFile, stored: str | None = None) -> dict[str, Any]:

@@ -161,11 +161,7 @@ def upload(
     uploader = _uploader(server, source, name, chunk_size, storage, fingerprinter)
     length = uploader.get_file_size()
     if uploader.url is None:
-        try:
-            uploader.set_url(uploader.create_url())
-        except TusCommunicationError as exc:
-            raise UploadFailed(_failure(exc)) from exc
-        uploader.offset = 0
+        _create(uploader, retries=retries, retry_delay=retry_delay)
     elif uploader.offset:
         on_resume(uploader.offset, "an earlier upload of this file")
     failures = 0
@@ -180,7 +176,7 @@ def upload(
                     f"interrupted after {retries} retries: {_failure(exc)}",
                     offset=uploader.offset,
                 ) from exc
-            time.sleep(min(retry_delay * 2 ** (failures - 1), MAX_RETRY_DELAY))
+            _pause(retry_delay, failures)
             try:
                 uploader.offset = uploader.get_offset()
             except TusCommunicationError:
@@ -193,6 +189,31 @@ def upload(
     if storage is not None:
         storage.remove_item(_storage_key(uploader))
     return file_id
+
+
+def _create(uploader: Uploader, *, retries: int, retry_delay: float) -> None:
+    """Create the upload on the server, trying again as for a chunk."""
+    failures = 0
+    while True:
+        try:
+            uploader.set_url(uploader.create_url())
+        except TusCommunicationError as exc:
+            failures += 1
+            if not _retryable(exc.status_code) or failures > retries:
+                raise UploadFailed(_failure(exc)) from exc
+            _pause(retry_delay, failures)
+            continue
+        uploader.offset = 0
+        return
+
+
+def _retryable(status: int | None) -> bool:
+    """Whether a failure may pass: no answer, a server error, a busy server."""
+    return status is None or status >= 500 or status in RETRYABLE
+
+
+def _pause(retry_delay: float, failures: int) -> None:
+    time.sleep(min(retry_delay * 2 ** (failures - 1), MAX_RETRY_DELAY))
 
 
 def _storage_key(uploader: Uploader) -> str:
@@ -231,7 +252,7 @@ def _give_up_unless_retryable(
 ) -> None:
     """Raise UploadFailed for a refusal that trying again cannot change."""
     status = exc.status_code
-    if status is None or status >= 500 or status in RETRYABLE:
+    if _retryable(status):
         return
     gone = status in (400, 403, 404, 410, 413, 415)
     if gone and storage is not None:

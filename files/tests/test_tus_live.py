@@ -23,7 +23,7 @@ from rest_framework.authtoken.models import Token
 from conftest import live_env, start_web
 from dwellfi.processes import free_port
 from files import client
-from files.models import File
+from files.models import File, Upload
 
 from .factories import expected_anomalies, metrics_bytes, user_create
 
@@ -144,6 +144,34 @@ def test_a_dropped_connection_resumes_from_the_servers_offset(
     assert file.sha256 == hashlib.sha256(export.read_bytes()).hexdigest()
     assert file.record_count == RECORDS
     assert file.anomaly_count == expected_anomalies(RECORDS)
+
+
+def test_a_dropped_creation_is_tried_again(live_stack, token, export, tmp_path, capsys):
+    """The connection of the request that creates the upload drops: the client
+    tries again and the upload goes through, once."""
+    port = int(live_stack.base_url.rsplit(":", 1)[1])
+    proxy = CuttingProxy(port, cut_after=16)  # inside the POST's request line
+    try:
+        call_command(
+            "upload",
+            str(export),
+            "--url",
+            proxy.url,
+            "--token",
+            token,
+            "--chunk-size",
+            str(8 * MiB),
+            "--retry-delay",
+            "0.1",
+            "--resume-file",
+            str(tmp_path / "resume.json"),
+        )
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
+    file = File.objects.get(name="large.json")
+    assert processed_line(export, file) in capsys.readouterr().out
+    assert Upload.objects.filter(owner=file.owner).count() == 1
 
 
 def test_an_interrupted_run_is_resumed_by_the_next(

@@ -64,7 +64,7 @@ from .jsonread import (
     read_strict,
 )
 from .jsonstrict import CHUNK_SIZE, MAX_DEPTH, MAX_NUMBER_LENGTH, JSONSyntaxError
-from .problems import TYPE_NAMES, pointer, record_problem
+from .problems import TYPE_NAMES, pointer, record_problem, utc_timestamp
 from .summary import MetricStats, anomaly_text
 
 __all__ = [
@@ -459,8 +459,6 @@ class _Walk:
         checks = self.checks
         check_finite = self.check_finite
         fields = _FIELDS
-        from_iso = datetime.fromisoformat
-        utc = UTC
         new = tuple.__new__
         record_type = Record
         anomaly_type = Anomaly
@@ -529,17 +527,7 @@ class _Walk:
                         self.depth = max(self.depth, _skip(nxt, record_depth + 1))
             if check_finite and (infinity in values or -infinity in values):
                 suspect = True
-            stamp = None
-            if stamp_event == "string":
-                try:
-                    stamp = from_iso(stamp_text)
-                    if stamp.tzinfo is not utc:
-                        if stamp.tzinfo is None:
-                            stamp = stamp.replace(tzinfo=utc)
-                        else:
-                            stamp = stamp.astimezone(utc)
-                except (ValueError, OverflowError):
-                    stamp = None
+            stamp = utc_timestamp(stamp_text) if stamp_event == "string" else None
             if stamp is None or suspect:
                 problem = record_problem(
                     stamp_event, stamp_text, stamp, values, METRICS
@@ -599,7 +587,7 @@ class _Walk:
         kept: list[Record] = []
         keep = kept.append
         for fields in map(msgspec.structs.astuple, structs):
-            try:
+            try:  # problems.utc_timestamp, inlined: this loop is the hot path
                 stamp = from_iso(fields[0])
                 if stamp.tzinfo is not utc:
                     if stamp.tzinfo is None:
@@ -656,8 +644,6 @@ class _Walk:
     ) -> int:
         """A run of `LooseRecord`s, checked record by record like events."""
         checks = self.checks
-        from_iso = datetime.fromisoformat
-        utc = UTC
         index = self.index
         position = first
         valid = 0
@@ -670,17 +656,7 @@ class _Walk:
                 None if kind is None else v if kind == "number" else TYPE_NAMES[kind]
                 for v, kind in zip(fields[1:], kinds, strict=True)
             )
-            stamp = None
-            if stamp_event == "string":
-                try:
-                    stamp = from_iso(stamp_text)
-                    if stamp.tzinfo is not utc:
-                        if stamp.tzinfo is None:
-                            stamp = stamp.replace(tzinfo=utc)
-                        else:
-                            stamp = stamp.astimezone(utc)
-                except (ValueError, OverflowError):
-                    stamp = None
+            stamp = utc_timestamp(stamp_text) if stamp_event == "string" else None
             problem = record_problem(
                 stamp_event, stamp_text, stamp, list(values), METRICS
             )

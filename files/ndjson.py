@@ -31,7 +31,6 @@ summary; distinct servers are counted up to `MAX_COUNTED_SERVERS`.
 import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
-from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, BinaryIO
 
@@ -57,7 +56,7 @@ from .engine import (
 from .jsonread import CallerError, FastReader, Progress, Reader, Unsafe
 from .jsonstrict import BOM, CHUNK_SIZE, JSONSyntaxError
 from .jsonstrict import basic_parse as strict_parse
-from .problems import TYPE_NAMES, pointer, record_problem
+from .problems import TYPE_NAMES, pointer, record_problem, utc_timestamp
 
 __all__ = ["MAX_COUNTED_SERVERS", "process"]
 
@@ -359,8 +358,6 @@ class _LinesWalk(_Walk):
         checks = self.checks
         check_finite = self.check_finite
         labels = self.labels
-        from_iso = datetime.fromisoformat
-        utc = UTC
         new = tuple.__new__
         infinity = math.inf
         for number, events in lines:
@@ -440,17 +437,7 @@ class _LinesWalk(_Walk):
                 continue
             if check_finite and (infinity in values or -infinity in values):
                 suspect = True
-            stamp = None
-            if stamp_event == "string":
-                try:
-                    stamp = from_iso(stamp_text)
-                    if stamp.tzinfo is not utc:
-                        if stamp.tzinfo is None:
-                            stamp = stamp.replace(tzinfo=utc)
-                        else:
-                            stamp = stamp.astimezone(utc)
-                except (ValueError, OverflowError):
-                    stamp = None
+            stamp = utc_timestamp(stamp_text) if stamp_event == "string" else None
             if stamp is None or suspect:
                 problem = record_problem(
                     stamp_event, stamp_text, stamp, values, METRICS

@@ -6,7 +6,7 @@ users read are made here, once for both parsing paths.
 
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 TYPE_NAMES = {
@@ -35,6 +35,21 @@ def pointer(*tokens: str | int) -> str:
         f"/{token}" if isinstance(token, int) else "/" + escape_token(token)
         for token in tokens
     )
+
+
+def utc_timestamp(text: str) -> datetime | None:
+    """An ISO 8601 timestamp in UTC (one without an offset taken as UTC), or None
+    when the text is not one."""
+    try:
+        stamp = datetime.fromisoformat(text)
+        if stamp.tzinfo is not UTC:
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=UTC)
+            else:
+                stamp = stamp.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    return stamp
 
 
 def record_problem(

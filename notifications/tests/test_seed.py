@@ -32,7 +32,7 @@ async def seed_connection(user, query: str = "", token: str = ""):
 
 
 async def receive(communicator, count: int) -> list[dict]:
-    messages = [await communicator.receive_json_from(timeout=2) for _ in range(count)]
+    messages = [await communicator.receive_json_from(timeout=5) for _ in range(count)]
     assert await communicator.receive_nothing(timeout=0.3)
     return messages
 

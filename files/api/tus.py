@@ -55,7 +55,8 @@ def _integer_header(request: Request, name: str) -> int | None:
 def parse_metadata(header: str) -> dict[str, str]:
     """`Upload-Metadata`: comma-separated `key base64value` pairs (value optional).
 
-    ValueError for a malformed one; values that are not UTF-8 are refused too.
+    ValueError for a malformed one; values that are not UTF-8 or hold a NUL (as
+    nowhere else in a request, `dwellfi.middleware`) are refused too.
     """
     metadata: dict[str, str] = {}
     for pair in filter(None, (part.strip() for part in header.split(","))):
@@ -66,6 +67,8 @@ def parse_metadata(header: str) -> dict[str, str]:
             metadata[key] = base64.b64decode(encoded.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError) as exc:
             raise ValueError(f"Upload-Metadata {key!r} is not base64 UTF-8.") from exc
+        if "\0" in metadata[key]:
+            raise ValueError(f"Upload-Metadata {key!r} holds a NUL.")
     return metadata
 
 

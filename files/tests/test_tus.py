@@ -291,3 +291,17 @@ def test_a_chunk_larger_than_a_form_may_be_is_taken(api, sent):
     response = patch(api, url, 0, content)
     assert response.status_code == 204, response.content
     assert File.objects.get(pk=int(response["DwellFi-File-Id"])).size == len(content)
+
+
+def test_a_nul_in_the_metadata_is_refused(api):
+    """As a NUL anywhere else in a request (dwellfi.middleware): nothing
+    legitimate sends one, and no text column can hold it."""
+    response = api.post(
+        "/api/uploads/",
+        HTTP_UPLOAD_LENGTH="10",
+        HTTP_UPLOAD_METADATA=metadata(filename="a\0b.json"),
+        **TUS,
+    )
+    assert response.status_code == 400
+    assert "NUL" in response.json()["detail"]
+    assert not Upload.objects.exists()

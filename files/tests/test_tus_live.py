@@ -112,25 +112,36 @@ def processed_line(path: Path, file: File) -> str:
     )
 
 
+def upload_over_http(path: Path, url: str, token: str, resume_file: Path, *options):
+    """`manage.py upload --url` of `path`, remembering it in `resume_file`."""
+    call_command(
+        "upload",
+        str(path),
+        "--url",
+        url,
+        "--token",
+        token,
+        "--resume-file",
+        str(resume_file),
+        *options,
+    )
+
+
 def test_a_dropped_connection_resumes_from_the_servers_offset(
     live_stack, token, export, tmp_path, capsys
 ):
     port = int(live_stack.base_url.rsplit(":", 1)[1])
     proxy = CuttingProxy(port, cut_after=int(5.5 * MiB))  # in the third chunk
     try:
-        call_command(
-            "upload",
-            str(export),
-            "--url",
+        upload_over_http(
+            export,
             proxy.url,
-            "--token",
             token,
+            tmp_path / "resume.json",
             "--chunk-size",
             str(2 * MiB),
             "--retry-delay",
             "0.1",
-            "--resume-file",
-            str(tmp_path / "resume.json"),
         )
     finally:
         proxy.close()
@@ -152,19 +163,15 @@ def test_a_dropped_creation_is_tried_again(live_stack, token, export, tmp_path, 
     port = int(live_stack.base_url.rsplit(":", 1)[1])
     proxy = CuttingProxy(port, cut_after=16)  # inside the POST's request line
     try:
-        call_command(
-            "upload",
-            str(export),
-            "--url",
+        upload_over_http(
+            export,
             proxy.url,
-            "--token",
             token,
+            tmp_path / "resume.json",
             "--chunk-size",
             str(8 * MiB),
             "--retry-delay",
             "0.1",
-            "--resume-file",
-            str(tmp_path / "resume.json"),
         )
     finally:
         proxy.close()
@@ -180,27 +187,16 @@ def test_an_interrupted_run_is_resumed_by_the_next(
     port = int(live_stack.base_url.rsplit(":", 1)[1])
     proxy = CuttingProxy(port, cut_after=int(7.5 * MiB))
     resume_file = tmp_path / "resume.json"
-    command = [
-        "upload",
-        str(export),
-        "--url",
-        proxy.url,
-        "--token",
-        token,
-        "--chunk-size",
-        str(2 * MiB),
-        "--resume-file",
-        str(resume_file),
-    ]
+    command = [export, proxy.url, token, resume_file, "--chunk-size", str(2 * MiB)]
     try:
         with pytest.raises(CommandError, match="1 of 1 files"):
-            call_command(*command, "--retries", "0")
+            upload_over_http(*command, "--retries", "0")
         err = capsys.readouterr().err
         assert f"interrupted at byte {6 * MiB}: interrupted after 0 retries" in err
         assert "run the command again to resume" in err
         assert not File.objects.exists()
 
-        call_command(*command)
+        upload_over_http(*command)
     finally:
         proxy.close()
     out = capsys.readouterr().out
@@ -227,16 +223,7 @@ def test_an_upload_the_server_no_longer_has_starts_afresh(
             f"{server.uploads_url}00000000-0000-0000-0000-000000000000/",
         )
     storage.close()
-    call_command(
-        "upload",
-        str(path),
-        "--url",
-        live_stack.base_url,
-        "--token",
-        token,
-        "--resume-file",
-        str(resume_file),
-    )
+    upload_over_http(path, live_stack.base_url, token, resume_file)
     out = capsys.readouterr().out
     assert "resuming" not in out
     assert "processed: 2000 records, 200 anomalies" in out
@@ -246,15 +233,11 @@ def test_refusals_are_reported_without_retrying(live_stack, token, tmp_path, cap
     text = tmp_path / "notes.json"
     text.write_bytes(b"hello, not JSON")
     with pytest.raises(CommandError, match="1 of 1 files"):
-        call_command(
-            "upload",
-            str(text),
-            "--url",
+        upload_over_http(
+            text,
             live_stack.base_url,
-            "--token",
             token,
-            "--resume-file",
-            str(tmp_path / "resume.json"),
+            tmp_path / "resume.json",
             "--retry-delay",
             "30",
         )
@@ -265,16 +248,7 @@ def test_refusals_are_reported_without_retrying(live_stack, token, tmp_path, cap
     assert "run the command again" not in err
 
     with pytest.raises(CommandError, match="1 of 1 files"):
-        call_command(
-            "upload",
-            str(text),
-            "--url",
-            live_stack.base_url,
-            "--token",
-            "wrong",
-            "--resume-file",
-            str(tmp_path / "resume.json"),
-        )
+        upload_over_http(text, live_stack.base_url, "wrong", tmp_path / "resume.json")
     assert "not uploaded: HTTP 401: Invalid token." in capsys.readouterr().err
 
 

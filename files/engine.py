@@ -789,40 +789,54 @@ def _process(
 ) -> Outcome:
     """`process` itself, fast pass first, then the strict one if need be."""
     progress = Progress(size, on_progress)
-    stream = open_stream()
-    with closing(stream):
-        try:
-            reading = read(stream, progress)
-            # The records path is the strict tokenizer: its numbers may be
-            # infinite, as on the strict pass.
-            exact = reading.windows is not None
-            walk = _Walk(
-                reading.events, rules, sink, strict=exact, windows=reading.windows
-            )
-            outcome = walk.run(reading.size_of)
-        except CallerError as wrapped:
-            raise wrapped.error from None
-        except DocumentInvalid:
-            # Raised only once the parser reached the end without complaint.
-            raise
-        except Exception:
-            # Whatever went wrong (a yajl error, a quirk the prefilter caught,
-            # nesting too deep), the strict pass decides.
-            outcome = None
-    if outcome is not None:
-        progress.finish()
-        return outcome
-    sink.reset()
-    stream = open_stream()
-    with closing(stream):
+
+    def fast(stream: BinaryIO) -> Outcome:
+        reading = read(stream, progress)
+        # The records path is the strict tokenizer: its numbers may be infinite,
+        # as on the strict pass.
+        exact = reading.windows is not None
+        walk = _Walk(reading.events, rules, sink, strict=exact, windows=reading.windows)
+        return walk.run(reading.size_of)
+
+    def strict(stream: BinaryIO) -> Outcome:
         events, size_of = read_strict(stream, progress)
         try:
-            outcome = _Walk(events, rules, sink, strict=True).run(size_of)
-        except CallerError as wrapped:
-            raise wrapped.error from None
+            return _Walk(events, rules, sink, strict=True).run(size_of)
         except JSONSyntaxError as exc:
             raise DocumentMalformed(
                 exc.message, exc.line, exc.column, exc.offset
             ) from None
+
+    outcome = fast_then_strict(open_stream, sink, fast, strict)
     progress.finish()
     return outcome
+
+
+def fast_then_strict(
+    open_stream: Callable[[], BinaryIO],
+    sink: Sink,
+    fast: Callable[[BinaryIO], Outcome],
+    strict: Callable[[BinaryIO], Outcome],
+) -> Outcome:
+    """`fast` on a stream; on any doubt, `strict` on a fresh one, the sink reset.
+
+    Whatever goes wrong in the fast pass (a yajl error, a quirk the prefilter
+    caught, nesting too deep) the strict pass decides, but for the caller's own
+    errors (`CallerError`, re-raised as they were) and an invalid document, which
+    the fast pass raises only once it read to the end without complaint.
+    """
+    with closing(open_stream()) as stream:
+        try:
+            return fast(stream)
+        except CallerError as wrapped:
+            raise wrapped.error from None
+        except DocumentInvalid:
+            raise
+        except Exception:
+            pass  # the strict pass decides
+    sink.reset()
+    with closing(open_stream()) as stream:
+        try:
+            return strict(stream)
+        except CallerError as wrapped:
+            raise wrapped.error from None

@@ -30,7 +30,6 @@ summary; distinct servers are counted up to `MAX_COUNTED_SERVERS`.
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing
 from itertools import chain
 from typing import Any, BinaryIO
 
@@ -52,8 +51,9 @@ from .engine import (
     _collector_paused,
     _skip,
     _Walk,
+    fast_then_strict,
 )
-from .jsonread import CallerError, FastReader, Progress, Reader, Unsafe
+from .jsonread import FastReader, Progress, Reader, Unsafe
 from .jsonstrict import BOM, CHUNK_SIZE, JSONSyntaxError
 from .jsonstrict import basic_parse as strict_parse
 from .problems import TYPE_NAMES, pointer, record_problem, utc_timestamp
@@ -101,28 +101,16 @@ def process(
     rules = tuple(rules)
     progress = Progress(size, on_progress)
     with _collector_paused():
-        stream = open_stream()
-        with closing(stream):
-            try:
-                outcome = _LinesWalk(rules, sink, strict=False).walk(
-                    _FastLines(stream, progress)
-                )
-            except CallerError as wrapped:
-                raise wrapped.error from None
-            except DocumentInvalid:
-                raise
-            except Exception:
-                outcome = None
-        if outcome is None:
-            sink.reset()
-            stream = open_stream()
-            with closing(stream):
-                try:
-                    outcome = _LinesWalk(rules, sink, strict=True).walk(
-                        _StrictLines(stream, progress)
-                    )
-                except CallerError as wrapped:
-                    raise wrapped.error from None
+        outcome = fast_then_strict(
+            open_stream,
+            sink,
+            lambda stream: _LinesWalk(rules, sink, strict=False).walk(
+                _FastLines(stream, progress)
+            ),
+            lambda stream: _LinesWalk(rules, sink, strict=True).walk(
+                _StrictLines(stream, progress)
+            ),
+        )
     progress.finish()
     return outcome
 

@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import compress, count
 from operator import itemgetter
 from typing import Any, BinaryIO, NamedTuple, Protocol
 
@@ -604,7 +605,14 @@ class _Walk:
             index += 1
             position += 1
         self.index = index
-        # Into the batches at their boundaries, as record by record.
+        self._keep(kept)
+        return len(kept)
+
+    def _keep(self, kept: list[Record]) -> None:
+        """Records whose metrics are all numbers, with their anomalies, in order.
+
+        Into the batches at their boundaries, as record by record.
+        """
         start = 0
         while start < len(kept):
             room = BATCH_SIZE - len(self.records)
@@ -614,7 +622,6 @@ class _Walk:
             start += room
             if len(self.records) >= BATCH_SIZE:
                 self._flush_records()
-        return len(kept)
 
     def _check_columns(self, records: list[Record]) -> None:
         """The anomalies of records whose metrics are all numbers, in record order."""
@@ -624,13 +631,18 @@ class _Walk:
         found = []
         for order, (slot, metric, low, high) in enumerate(self.checks):
             column = columns[slot]
-            if min(column) >= low and max(column) <= high:
-                continue
-            found += [
-                (position, order, metric, number, low, high)
-                for position, number in enumerate(column)
-                if number < low or number > high
-            ]
+            # float's own comparisons, mapped in C (an int's would answer
+            # NotImplemented for a float), on the sides the column crosses.
+            outside = []
+            if min(column) < low:
+                outside.append(float(low).__gt__)
+            if max(column) > high:
+                outside.append(float(high).__lt__)
+            for test in outside:
+                found += [
+                    (position, order, metric, column[position], low, high)
+                    for position in compress(count(), map(test, column))
+                ]
         found.sort(key=itemgetter(0, 1))
         new = tuple.__new__
         self.anomalies += [

@@ -25,6 +25,10 @@ document's events, the same `(event, value)` pairs as
   tokenizer reads those bytes itself, so outcomes, errors and their positions
   are the strict path's.
 
+* JSON Lines take a like path (`typed_lines`): a run of whole lines that are
+  all plain records is decoded by msgspec at once; any other run is read line by
+  line by yajl, and the strict tokenizer is the authority as for documents.
+
 `read(stream, progress)` picks the path for a document: the records path when its
 first chunk names a `metrics` member, the fast path otherwise.
 
@@ -50,6 +54,7 @@ __all__ = [
     "Progress",
     "Reading",
     "RecordWindows",
+    "TypedLine",
     "TypedRecord",
     "Unsafe",
     "read",
@@ -350,6 +355,75 @@ class RecordWindows:
             self.resume = max(self.resume, base + stop)
             return None
         return records, stop
+
+
+class TypedLine(TypedRecord, gc=False):
+    """A JSON Lines record of the expected types: a `TypedRecord` and its server.
+
+    Its fields as a tuple: the timestamp, the metrics, then these three.
+    """
+
+    server_id: str
+    server_name: str | UnsetType = UNSET
+    location: str | UnsetType = UNSET
+
+
+# A run of lines is decoded as an array of one-item arrays, one a line.
+_TYPED_LINES = msgspec.json.Decoder(list[tuple[TypedLine]])
+# The newline stays: inside a string it is an error, as in the line itself.
+_LINE_SEAM = b"],\n["
+# Where msgspec says the trouble is: which line, or which byte of its input.
+_AT_LINE = re.compile(r"at `\$\[(\d+)\]")
+_AT_BYTE = re.compile(r"\(byte (\d+)\)")
+
+
+def typed_lines(run: bytes) -> tuple[list[TypedLine], int]:
+    """The records of `run`'s first lines, and where the first line in doubt starts.
+
+    `run` is whole lines of JSON Lines without the last newline; the second
+    value is `len(run) + 1` when every line is taken. A line is taken when
+    msgspec may judge it: it holds one value, a `TypedLine`, and nothing the
+    tokenizer must judge (as for `RecordWindows`), no `metrics` member (a
+    server document, or a misshapen one) and no nested object.
+
+    The lines are decoded as one array of one-item arrays, each newline made
+    "],\\n[": no bracket is left in a run, so a blank line, a second value on
+    a line or a value cut between two lines is an error at that line. Where
+    msgspec names the line or byte it doubts, the lines before it are decoded
+    again without it; a doubt it does not place leaves every line to the
+    caller.
+    """
+    classes = run.translate(_WINDOW_TABLE)
+    end = len(run)
+    doubts = (classes.find(b"!"), classes.find(_LONG_NUMBER), run.find(b'"metrics"'))
+    for doubt in doubts:
+        if 0 <= doubt < end:
+            end = run.rfind(b"\n", 0, doubt)
+    while end > 0:
+        head = run[:end]
+        data = b"[[" + head.replace(b"\n", _LINE_SEAM) + b"]]"
+        try:
+            lines = _TYPED_LINES.decode(data)
+        except msgspec.ValidationError as exc:
+            at = _AT_LINE.search(str(exc))
+            doubt = int(at[1]) if at else 0
+        except msgspec.DecodeError as exc:
+            at = _AT_BYTE.search(str(exc))
+            doubt = data.count(_LINE_SEAM, 0, int(at[1])) if at else 0
+        except Exception:
+            # Nested too deep for msgspec (under a member it skips).
+            break
+        else:
+            # Every "{" opens a line's object: one under a member msgspec
+            # skipped would count in the document's depth.
+            if head.count(b"{") != len(lines):
+                break
+            return [line for (line,) in lines], end + 1
+        # The newline before the line in doubt, -1 for the first line.
+        end = -1
+        for _ in range(doubt):
+            end = head.index(b"\n", end + 1)
+    return [], 0
 
 
 def read_records(stream: BinaryIO, progress: Progress) -> Reading:

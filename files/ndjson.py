@@ -6,9 +6,12 @@ outcome. Every line (split on LF, so CRLF works: CR is JSON whitespace) holds
 exactly one JSON value, parsed as strictly as a document: RFC 8259, the same
 number and nesting limits. Blank lines (only spaces, tabs or CR) are skipped.
 
-* The fast pass feeds yajl (ijson's push parser, several values allowed) line by
-  line behind `jsonread`'s prefilter, and checks after each line that it held
-  one whole value and nothing else. Any doubt and the strict pass decides.
+* The fast pass hands each chunk's whole lines to msgspec (`jsonread.typed_lines`),
+  which decodes a run of plain records at once as typed structs, up to the
+  first line it cannot vouch for. That line, and any line it does not take,
+  goes to yajl (ijson's push parser, several values allowed) behind
+  `jsonread`'s prefilter, which is checked after each line to have held one
+  whole value and nothing else. Any doubt and the strict pass decides.
 * The strict pass runs `jsonstrict` on each line, streamed, so a line of any
   length (a whole server document on one line) stays within bounded memory.
   A malformed line fails the file with its line, column (1-based) and byte
@@ -35,6 +38,8 @@ from typing import Any, BinaryIO
 
 import ijson
 from ijson.utils import sendable_list
+from msgspec import UNSET
+from msgspec.structs import astuple
 
 from .engine import (
     BATCH_SIZE,
@@ -53,7 +58,7 @@ from .engine import (
     _Walk,
     fast_then_strict,
 )
-from .jsonread import FastReader, Progress, Reader, Unsafe
+from .jsonread import FastReader, Progress, Reader, TypedLine, Unsafe, typed_lines
 from .jsonstrict import BOM, CHUNK_SIZE, JSONSyntaxError
 from .jsonstrict import basic_parse as strict_parse
 from .problems import TYPE_NAMES, pointer, record_problem, utc_timestamp
@@ -73,6 +78,12 @@ _LINE_MESSAGES = {
 Event = tuple[str, Any]
 # The event after each line's last one.
 END_LINE = ("end_line", None)
+# The event of a run of lines decoded as `TypedLine`s.
+RECORDS = "records"
+# How often msgspec tries a chunk's lines: after each line in doubt, the rest.
+_TYPED_ATTEMPTS = 4
+# A `TypedLine` as a tuple: the timestamp, the metrics, then the server's fields.
+_SERVER = 1 + len(METRICS)
 # A line's members the walker looks at: a metric's slot, or one of these.
 _TIMESTAMP, _SERVER_ID, _SERVER_NAME, _LOCATION, _METRICS = range(-1, -6, -1)
 _LINE_FIELDS = {name: slot for slot, name in enumerate(METRICS)} | {
@@ -116,10 +127,12 @@ def process(
 
 
 class _FastLines:
-    """The lines' events from yajl, one line at a time, behind the prefilter.
+    """The lines' events: runs of plain records from msgspec, the rest from yajl.
 
-    Iterating yields `(line index, events)` for each line that is not blank,
-    the events ending with END_LINE: the walker makes sure the line held one
+    Iterating yields `(line index, events)`. For the whole lines of a chunk
+    that `typed_lines` takes, one event: (RECORDS, their `TypedLine`s). For
+    any other line that is not blank, its events from yajl (behind the
+    prefilter) ending with END_LINE: the walker makes sure the line held one
     whole value and nothing else.
     """
 
@@ -135,16 +148,36 @@ class _FastLines:
     def __iter__(self) -> Iterator[tuple[int, Iterator[Event]]]:
         out, send = self.out, self.parser.send
         number = 0
+        # The chunk's whole lines up to this offset go to yajl one by one.
+        by_line, attempts = -1, 0
         while True:
             if self.pos >= len(self.chunk):
                 self.chunk, self.pos = self.reader.read(CHUNK_SIZE), 0
+                by_line, attempts = -1, 0
                 if not self.chunk:
                     # Raises if the last value is incomplete, or there was none.
                     self.parser.close()
                     return
+            if self.pos > by_line:
+                # yajl stands between two values here: it need not see the
+                # lines msgspec takes.
+                last = self.chunk.rfind(b"\n", self.pos)
+                if last > self.pos and attempts < _TYPED_ATTEMPTS:
+                    attempts += 1
+                    records, stop = typed_lines(self.chunk[self.pos : last])
+                    if records:
+                        yield number, iter(((RECORDS, records),))
+                        number += len(records)
+                    self.pos += stop
+                    # The line in doubt goes to yajl, then msgspec tries again.
+                    by_line = self.chunk.find(b"\n", self.pos)
+                    continue
+                by_line = last
             end = self.chunk.find(b"\n", self.pos)
             if end < 0:
                 yield number, self._long_line()
+                # It ended in a later chunk.
+                by_line, attempts = -1, 0
             else:
                 send(self.chunk[self.pos : end + 1])
                 self.pos = end + 1
@@ -352,7 +385,10 @@ class _LinesWalk(_Walk):
             nxt = events.__next__
             event, value = nxt()
             if event != "start_map":
-                self._non_object(number, event, nxt)
+                if event == RECORDS:
+                    self._typed(number, value)
+                else:
+                    self._non_object(number, event, nxt)
                 continue
             values: list[Any] = [None] * slot_count
             stamp_event = stamp_text = None
@@ -451,6 +487,46 @@ class _LinesWalk(_Walk):
             self.record_count += 1
             if len(records) >= BATCH_SIZE:
                 self._flush_records()
+
+    def _typed(self, first: int, structs: list[TypedLine]) -> None:
+        """Lines decoded as `TypedLine`s (from line `first` on), checked as above.
+
+        Every field is of its type and no value is infinite (msgspec refuses
+        numbers beyond a double), so only the timestamp can make one invalid.
+        Consecutive records of one server are counted in its entry at once.
+        """
+        labels = self.labels
+        new = tuple.__new__
+        index = self.index
+        kept: list[Record] = []
+        keep = kept.append
+        server_id = label = entry = None
+        counted = 0
+        for position, fields in enumerate(map(astuple, structs)):
+            stamp = utc_timestamp(fields[0])
+            if stamp is None:
+                problem = record_problem(
+                    "string", fields[0], None, list(fields[1:_SERVER]), METRICS
+                )
+                self._issue(pointer(first + position, problem[0]), problem[1])
+                index += 1
+                continue
+            if fields[_SERVER] != server_id:
+                if entry is not None:
+                    entry["record_count"] += counted
+                server_id, counted = fields[_SERVER], 0
+                label, entry = labels.get(server_id) or self._label(server_id)
+            counted += 1
+            if fields[-2] is not UNSET or fields[-1] is not UNSET:
+                name, location = (None if v is UNSET else v for v in fields[-2:])
+                self._describe(entry, server_id, name, location)
+            keep(new(Record, (index, label, stamp, fields[1:_SERVER])))
+            index += 1
+        if entry is not None:
+            entry["record_count"] += counted
+        self.index = index
+        self.record_count += len(kept)
+        self._keep(kept)
 
     def _non_object(self, number: int, event: str, nxt: Callable[[], Event]) -> None:
         """A line whose value is not an object: an invalid record."""

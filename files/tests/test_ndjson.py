@@ -15,8 +15,8 @@ from files.engine import (
     DocumentMalformed,
     ProcessingError,
 )
-from files.jsonread import Progress
-from files.jsonstrict import CHUNK_SIZE
+from files.jsonread import Progress, typed_lines
+from files.jsonstrict import CHUNK_SIZE, MAX_NUMBER_LENGTH
 from files.tests.factories import metrics_document
 from files.tests.test_engine import MemorySink, TrickleIO
 
@@ -30,6 +30,27 @@ def line(server: str = "web-1", minute: int = 0, **metrics) -> str:
             **metrics,
         }
     )
+
+
+METRIC_NAMES = (
+    "cpu_usage",
+    "memory_usage",
+    "disk_read",
+    "disk_write",
+    "network_in",
+    "network_out",
+    "response_time",
+)
+
+
+def plain(server: str = "web-1", second: int = 0, **fields) -> str:
+    """A line msgspec takes: every metric a number, the timestamp a string."""
+    record = {
+        "server_id": server,
+        "timestamp": f"2024-09-19T10:00:{second:02d}Z",
+        **dict.fromkeys(METRIC_NAMES, 50.5),
+    }
+    return json.dumps(record | fields)
 
 
 def run(text: bytes, step: int | None = None):
@@ -304,3 +325,129 @@ def test_property_the_fast_pass_agrees_with_the_strict_one(lines):
         return outcome, sink.records, sink.issues, sink.anomalies
 
     assert outcome_of(run) == outcome_of(run_strict)
+
+
+def test_runs_of_plain_lines_are_decoded_at_once_up_to_the_line_in_doubt():
+    lines = [plain(second=n) for n in range(3)]
+    run_bytes = "\n".join(lines).encode()
+    records, stop = typed_lines(run_bytes)
+    assert [r.timestamp[-3:] for r in records] == ["00Z", "01Z", "02Z"]
+    assert stop == len(run_bytes) + 1
+
+    doubtful = [
+        plain(cpu_usage="high"),  # not a number
+        "",  # a blank line
+        "   " + plain(),  # a blank before the value is fine for msgspec
+        plain() + " " + plain(),  # two values
+        plain()[:-1] + "\n}",  # one value over two lines: checked below
+        plain(location="caf\u00e9"),  # an escape: the tokenizer's
+        plain(server_name="{curly}"),  # a "{" in a string
+        plain(extra={"nested": 1}),  # a nested object
+        plain(metrics=3),  # a metrics member that is no array
+        plain(cpu_usage=int("9" * (MAX_NUMBER_LENGTH + 1))),  # over the limit
+    ]
+    for bad in doubtful:
+        text = "\n".join([lines[0], bad, lines[1]]).encode()
+        records, stop = typed_lines(text)
+        if bad.startswith("   "):
+            assert (len(records), stop) == (3, len(text) + 1)
+            continue
+        # Only the line before the doubt is taken; the rest is the caller's.
+        assert len(records) <= 1, bad
+        assert stop in (0, len(lines[0]) + 1), bad
+
+
+@pytest.mark.parametrize("step", [None, 1, 5, 300])
+def test_runs_of_plain_lines_and_lines_in_doubt_give_the_strict_outcome(step):
+    lines = [plain("a", n % 60) for n in range(40)]
+    lines[3] = plain("b", 3, server_name="B", location="L")
+    lines[7] = plain("b", 7, timestamp="yesterday")
+    lines[9] = ""
+    lines[12] = plain("c", 12, cpu_usage=None)
+    lines[20] = plain("a", 20, cpu_usage=99)  # an anomaly
+    lines[25] = json.dumps(metrics_document())
+    lines[30] = plain("d", 30, timestamp="2024-09-19T12:00:00+02:00")
+    text = "\r\n".join(lines).encode()
+    outcome, sink = run(text, step)
+    strict_outcome, strict_sink = run_strict(text)
+    assert outcome == strict_outcome
+    assert sink.records == strict_sink.records
+    assert sink.issues == strict_sink.issues
+    assert sink.anomalies == strict_sink.anomalies
+    assert issues(sink) == [
+        ("/7/timestamp", "timestamp is not ISO 8601: 'yesterday'"),
+        ("/12/cpu_usage", "cpu_usage must be a number, got null"),
+    ]
+    servers = {s["id"]: s for s in outcome.summary["servers"]}
+    assert servers["b"] == {"id": "b", "name": "B", "location": "L", "record_count": 1}
+
+
+def test_a_value_over_two_lines_fails_the_file_even_between_plain_lines():
+    # Joined with a comma, the two halves would make one valid record.
+    half = plain()[:-1]
+    text = "\n".join([plain(), half[:40], half[40:] + "}", plain()]).encode()
+    with pytest.raises(DocumentMalformed) as raised:
+        run(text)
+    assert raised.value.line == 2
+
+
+def _member(name: str) -> st.SearchStrategy[str]:
+    value = st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.integers(-(10**20), 10**20),
+        st.sampled_from(["2024-09-19T10:00:00Z", "x", "", None, True]),
+        st.sampled_from([[], {}, [1], {"a": {}}]),
+    )
+    return value.map(lambda v: f"{json.dumps(name)}: {json.dumps(v)}")
+
+
+_NAMES = ["server_id", "timestamp", "server_name", "location", "metrics", "other"]
+_plain_lines = st.builds(
+    plain,
+    st.sampled_from(["a", "b", ""]),
+    st.integers(0, 59),
+    server_name=st.sampled_from(["A", "", None]),
+)
+_any_record = st.lists(st.sampled_from(_NAMES + list(METRIC_NAMES)), max_size=12)
+records_of_text = st.lists(
+    st.one_of(
+        _plain_lines,
+        _plain_lines,
+        _plain_lines,
+        _any_record.flatmap(lambda names: st.tuples(*map(_member, names))).map(
+            lambda members: "{" + ", ".join(members) + "}"
+        ),
+    ),
+    min_size=1,
+    max_size=12,
+)
+# Where, how many bytes to drop, what to put in their place.
+_mangles = st.lists(
+    st.tuples(
+        st.integers(0, 4000),
+        st.integers(0, 2),
+        st.sampled_from(["", "\n", " ", "{", "}", ",", '"', "\r\n", "]", "\n{"]),
+    ),
+    max_size=3,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=records_of_text, mangles=_mangles, step=st.sampled_from([None, 1, 13]))
+def test_property_plain_and_mangled_records_give_the_strict_outcome(
+    lines, mangles, step
+):
+    text = "\n".join(lines)
+    for cut, drop, insert in mangles:
+        cut %= len(text) + 1
+        text = text[:cut] + insert + text[cut + drop :]
+    data = text.encode()
+
+    def outcome_of(runner):
+        try:
+            outcome, sink = runner(data)
+        except ProcessingError as error:
+            return type(error).__name__, error.as_dict()
+        return outcome, sink.records, sink.issues, sink.anomalies
+
+    assert outcome_of(lambda t: run(t, step)) == outcome_of(run_strict)

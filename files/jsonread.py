@@ -167,8 +167,12 @@ class FastReader(Reader):
         self.tail = b""
         self.since_quote = 0
 
-    def read(self, size: int = CHUNK_SIZE) -> bytes:
-        """Up to `size` bytes, checked; raises Unsafe on a prefilter hit."""
+    def read(self, size: int = CHUNK_SIZE, *, check: bool = True) -> bytes:
+        """Up to `size` bytes, checked; raises Unsafe on a prefilter hit.
+
+        With `check=False` the caller calls `check` on what it gives yajl,
+        which may be only some of what it read.
+        """
         if size == 0 or self.ended:
             return b""
         size = size if size > 0 else CHUNK_SIZE
@@ -184,7 +188,22 @@ class FastReader(Reader):
                 chunk = chunk[len(BOM) :]
                 if not chunk:
                     # b"" would end yajl's input before the rest was read.
-                    return self.read(size)
+                    return self.read(size, check=check)
+        if check:
+            self.check(chunk)
+        if not chunk:
+            # yajl ignores an unterminated string after the document ('{} "x'):
+            # a final newline is whitespace after a valid document but an
+            # error inside a string. It is not counted as read.
+            self.ended = True
+            return b"\n"
+        return chunk
+
+    def check(self, chunk: bytes) -> None:
+        """Raise Unsafe if yajl would get `chunk` wrong, given after the last one.
+
+        b"" is the end of the text, where a last escape is judged.
+        """
         tail = self.tail
         # yajl lexes a token that spans chunks again from its start with every
         # chunk: quadratic for a long string. A chunk holding a quote that is
@@ -205,13 +224,6 @@ class FastReader(Reader):
         if _prefilter_hit(data, start, final=not chunk):
             raise Unsafe
         self.tail = data[-_OVERLAP:]
-        if not chunk:
-            # yajl ignores an unterminated string after the document ('{} "x'):
-            # a final newline is whitespace after a valid document but an
-            # error inside a string. It is not counted as read.
-            self.ended = True
-            return b"\n"
-        return chunk
 
 
 def _prefilter_hit(data: bytes, start: int, *, final: bool) -> bool:

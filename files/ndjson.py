@@ -32,7 +32,7 @@ summary; distinct servers are counted up to `MAX_COUNTED_SERVERS`.
 """
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from itertools import chain
 from typing import Any, BinaryIO
 
@@ -80,7 +80,7 @@ Event = tuple[str, Any]
 END_LINE = ("end_line", None)
 # The event of a run of lines decoded as `TypedLine`s.
 RECORDS = "records"
-# How often msgspec tries a chunk's lines: after each line in doubt, the rest.
+# How often msgspec tries a chunk's lines: after each line it leaves, the rest.
 _TYPED_ATTEMPTS = 4
 # A `TypedLine` as a tuple: the timestamp, the metrics, then the server's fields.
 _SERVER = 1 + len(METRICS)
@@ -146,46 +146,58 @@ class _FastLines:
         self.pos = 0
 
     def __iter__(self) -> Iterator[tuple[int, Iterator[Event]]]:
-        out, send = self.out, self.parser.send
         number = 0
-        # The chunk's whole lines up to this offset go to yajl one by one.
-        by_line, attempts = -1, 0
         while True:
             if self.pos >= len(self.chunk):
-                self.chunk, self.pos = self.reader.read(CHUNK_SIZE), 0
-                by_line, attempts = -1, 0
+                self.chunk, self.pos = self.reader.read(CHUNK_SIZE, check=False), 0
                 if not self.chunk:
+                    self.reader.check(b"")
                     # Raises if the last value is incomplete, or there was none.
                     self.parser.close()
                     return
-            if self.pos > by_line:
-                # yajl stands between two values here: it need not see the
-                # lines msgspec takes.
-                last = self.chunk.rfind(b"\n", self.pos)
-                if last > self.pos and attempts < _TYPED_ATTEMPTS:
-                    attempts += 1
-                    records, stop = typed_lines(self.chunk[self.pos : last])
-                    if records:
-                        yield number, iter(((RECORDS, records),))
-                        number += len(records)
-                    self.pos += stop
-                    # The line in doubt goes to yajl, then msgspec tries again.
-                    by_line = self.chunk.find(b"\n", self.pos)
-                    continue
-                by_line = last
-            end = self.chunk.find(b"\n", self.pos)
-            if end < 0:
-                yield number, self._long_line()
-                # It ended in a later chunk.
-                by_line, attempts = -1, 0
+            last = self.chunk.rfind(b"\n", self.pos)
+            if last >= self.pos:
+                number = yield from self._whole_lines(number, last)
             else:
-                send(self.chunk[self.pos : end + 1])
+                yield number, self._long_line()
+                number += 1
+
+    def _whole_lines(
+        self, number: int, last: int
+    ) -> Generator[tuple[int, Iterator[Event]], None, int]:
+        """The chunk's lines up to its newline at `last`; the next line's index.
+
+        msgspec tries the lines ahead; the first it leaves goes to yajl, then it
+        tries again, a few times for a chunk. yajl stands between two values at
+        the start of a line, so it need not see the lines msgspec takes; what
+        it does see is checked by the prefilter in one piece.
+        """
+        out, send, chunk = self.out, self.parser.send, self.chunk
+        attempts = 0
+        while self.pos <= last:
+            if last > self.pos and attempts < _TYPED_ATTEMPTS:
+                attempts += 1
+                records, stop = typed_lines(chunk[self.pos : last])
+                if records:
+                    yield number, iter(((RECORDS, records),))
+                    number += len(records)
+                self.pos += stop
+                if self.pos > last:
+                    break
+                until = chunk.find(b"\n", self.pos)
+            else:
+                until = last
+            self.reader.check(chunk[self.pos : until + 1])
+            while self.pos <= until:
+                end = chunk.find(b"\n", self.pos)
+                send(chunk[self.pos : end + 1])
                 self.pos = end + 1
                 if out:
                     out.append(END_LINE)
                     yield number, iter(out)
                     del out[:]
-            number += 1
+                number += 1
+        return number
 
     def _long_line(self) -> Iterator[Event]:
         """The events of a line that goes on past the current chunk."""
@@ -193,7 +205,9 @@ class _FastLines:
         while True:
             end = self.chunk.find(b"\n", self.pos)
             stop = len(self.chunk) if end < 0 else end + 1
-            send(self.chunk[self.pos : stop])
+            piece = self.chunk[self.pos : stop]
+            self.reader.check(piece)
+            send(piece)
             self.pos = stop
             events = out[:]
             del out[:]
@@ -201,7 +215,7 @@ class _FastLines:
             if end >= 0:
                 yield END_LINE
                 return
-            self.chunk, self.pos = self.reader.read(CHUNK_SIZE), 0
+            self.chunk, self.pos = self.reader.read(CHUNK_SIZE, check=False), 0
             if not self.chunk:
                 # FastReader ends every text with a newline: never reached.
                 raise Unsafe

@@ -17,7 +17,7 @@ from files.engine import (
 )
 from files.jsonread import Progress, typed_lines
 from files.jsonstrict import CHUNK_SIZE, MAX_NUMBER_LENGTH
-from files.tests.factories import metrics_document
+from files.tests.factories import METRIC_NAMES, metrics_document
 from files.tests.test_engine import MemorySink, TrickleIO
 
 
@@ -30,17 +30,6 @@ def line(server: str = "web-1", minute: int = 0, **metrics) -> str:
             **metrics,
         }
     )
-
-
-METRIC_NAMES = (
-    "cpu_usage",
-    "memory_usage",
-    "disk_read",
-    "disk_write",
-    "network_in",
-    "network_out",
-    "response_time",
-)
 
 
 def plain(server: str = "web-1", second: int = 0, **fields) -> str:

@@ -22,12 +22,13 @@ document's events, the same `(event, value)` pairs as
   plain ASCII, no escape, no number literal longer than `MAX_NUMBER_LENGTH`, no
   nested array or object, msgspec's decode and its types without complaint (a
   number that overflows a double is such a complaint). Anything else, and the
-  tokenizer reads those bytes itself, so outcomes, errors and their positions
-  are the strict path's.
+  tokenizer reads those bytes itself, so outcomes and errors are the strict
+  path's. It keeps no line and column: a document it fails is read again by the
+  strict path, which reports where.
 
 * JSON Lines take a like path (`typed_lines`): a run of whole lines that are
-  all plain records is decoded by msgspec at once; any other run is read line by
-  line by yajl, and the strict tokenizer is the authority as for documents.
+  all plain records is decoded by msgspec at once; the lines it leaves are read
+  one by one by yajl, and the strict tokenizer is the authority as for documents.
 
 `read(stream, progress)` picks the path for a document: the records path when its
 first chunk names a `metrics` member, the fast path otherwise.

@@ -10,8 +10,8 @@ number and nesting limits. Blank lines (only spaces, tabs or CR) are skipped.
   which decodes a run of plain records at once as typed structs, up to the
   first line it cannot vouch for. That line, and any line it does not take,
   goes to yajl (ijson's push parser, several values allowed) behind
-  `jsonread`'s prefilter, which is checked after each line to have held one
-  whole value and nothing else. Any doubt and the strict pass decides.
+  `jsonread`'s prefilter, and is checked to have held one whole value and
+  nothing else. Any doubt and the strict pass decides.
 * The strict pass runs `jsonstrict` on each line, streamed, so a line of any
   length (a whole server document on one line) stays within bounded memory.
   A malformed line fails the file with its line, column (1-based) and byte

@@ -62,6 +62,15 @@ def run_strict(text: bytes):
     return walk.walk(lines), sink
 
 
+def everything(runner, text: bytes):
+    """All a run gives: the outcome and what the sink got, or the error."""
+    try:
+        outcome, sink = runner(text)
+    except ProcessingError as error:
+        return type(error).__name__, error.as_dict()
+    return outcome, sink.records, sink.issues, sink.anomalies
+
+
 def position(error: ProcessingError):
     return error.message, error.line, error.column, error.offset
 
@@ -306,14 +315,7 @@ lines_of_text = st.lists(
 def test_property_the_fast_pass_agrees_with_the_strict_one(lines):
     text = "\n".join(lines).encode()
 
-    def outcome_of(runner):
-        try:
-            outcome, sink = runner(text)
-        except ProcessingError as error:
-            return type(error).__name__, error.as_dict()
-        return outcome, sink.records, sink.issues, sink.anomalies
-
-    assert outcome_of(run) == outcome_of(run_strict)
+    assert everything(run, text) == everything(run_strict, text)
 
 
 def test_runs_of_plain_lines_are_decoded_at_once_up_to_the_line_in_doubt():
@@ -448,14 +450,7 @@ def test_property_plain_and_mangled_records_give_the_strict_outcome(
         text = text[:cut] + insert + text[cut + drop :]
     data = text.encode()
 
-    def outcome_of(runner):
-        try:
-            outcome, sink = runner(data)
-        except ProcessingError as error:
-            return type(error).__name__, error.as_dict()
-        return outcome, sink.records, sink.issues, sink.anomalies
-
-    assert outcome_of(lambda t: run(t, step)) == outcome_of(run_strict)
+    assert everything(lambda t: run(t, step), data) == everything(run_strict, data)
 
 
 def test_a_lone_surrogate_escape_at_the_very_end_is_the_strict_passs_to_judge():

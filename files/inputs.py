@@ -3,7 +3,8 @@
 `process(open_raw, name=..., ...)` is the entry point of the worker's engine:
 
 * **gzip**, told by its magic bytes (1f 8b), whatever the name: decompressed
-  while it streams (`gzip.GzipFile`, one 64 KiB read at a time), never beyond
+  while it streams (python-isal's `igzip.GzipFile`, which inflates about 3×
+  faster than zlib, fed one 64 KiB read at a time), never beyond
   `max_decompressed` bytes. A bomb, a corrupt or a truncated stream fails the
   file with `DecompressionFailed`. Positions of errors are in the decompressed
   text; progress is the share of the compressed bytes read.
@@ -19,10 +20,12 @@ Pure Python, no Django, like the engine.
 """
 
 import gzip
-import zlib
+import io
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from typing import BinaryIO
+
+from isal import igzip, isal_zlib
 
 from . import engine, ndjson
 from .engine import (
@@ -39,6 +42,8 @@ __all__ = ["GZIP_MAGIC", "LINES_SUFFIXES", "DecompressionFailed", "process"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 LINES_SUFFIXES = (".jsonl", ".ndjson")
+# How much compressed input igzip is given at a time (see _Counted).
+_COMPRESSED_READ = io.DEFAULT_BUFFER_SIZE
 # jsonstrict's message for a second top-level value.
 _EXTRA_DATA = "Extra data after the document"
 
@@ -144,17 +149,29 @@ class _GunzipOpener:
 
 
 class _Counted:
-    """The stored bytes as GzipFile reads them, counted."""
+    """The stored bytes as GzipFile reads them, counted, 8 KiB at a time.
+
+    igzip would fill its 512 KiB buffer at once through `readinto`; 8 KiB, as
+    the standard library's GzipFile reads, keeps progress fine-grained even
+    for a small, well-compressed file (8 KiB inflates to 64 KiB or more).
+    """
 
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
         self.count = 0
 
     def read(self, size: int = -1) -> bytes:
-        """Up to `size` compressed bytes."""
+        """Up to `size` compressed bytes, never more than 8 KiB."""
+        size = _COMPRESSED_READ if size < 0 else min(size, _COMPRESSED_READ)
         data = self.raw.read(size)
         self.count += len(data)
         return data
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill the start of `buffer` with up to 8 KiB of compressed bytes."""
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 class _Gunzip:
@@ -164,7 +181,7 @@ class _Gunzip:
         self.raw = _Counted(raw)
         self.limit = limit
         self.decompressed = 0
-        self.file = gzip.GzipFile(fileobj=self.raw, mode="rb")
+        self.file = igzip.GzipFile(fileobj=self.raw, mode="rb")
 
     @property
     def compressed(self) -> int:
@@ -179,7 +196,7 @@ class _Gunzip:
             raise DecompressionFailed(
                 "The gzip stream is truncated: it ends before its end-of-stream marker"
             ) from None
-        except (gzip.BadGzipFile, zlib.error) as exc:
+        except (gzip.BadGzipFile, isal_zlib.error) as exc:
             raise DecompressionFailed(f"The gzip stream is corrupt: {exc}") from None
         self.decompressed += len(data)
         if self.decompressed > self.limit:

@@ -4,6 +4,7 @@ events and messages, and the table's rows (`bench/run.py` runs them)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import secrets
@@ -240,8 +241,60 @@ class Api:
             raise RuntimeError(f"upload: {response.status_code} {response.text}")
         return response.json()["id"]
 
+    async def resumable(self, data: bytes, name: str = "metrics.json") -> Resumable:
+        """A tus upload of `data` sent but for its last chunk (`Resumable.finish`)."""
+        base64_name = base64.b64encode(name.encode()).decode()
+        created = await self.http.post(
+            "/api/uploads/",
+            headers={
+                "Tus-Resumable": "1.0.0",
+                "Upload-Length": str(len(data)),
+                "Upload-Metadata": f"filename {base64_name}",
+            },
+        )
+        if created.status_code != 201:
+            raise RuntimeError(f"upload: {created.status_code} {created.text}")
+        upload = Resumable(self.http, created.headers["Location"], data)
+        while len(data) - upload.offset > TUS_CHUNK:
+            await upload.send(TUS_CHUNK)
+        return upload
+
     async def detail(self, file_id: int) -> dict[str, Any]:
         return (await self.http.get(f"/api/files/{file_id}/")).json()
+
+
+# The chunks of the bench's resumable uploads (the server's default limit).
+TUS_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass
+class Resumable:
+    """A tus upload under way: `send` a chunk, `finish` with the rest."""
+
+    http: httpx.AsyncClient
+    url: str
+    data: bytes
+    offset: int = 0
+
+    async def send(self, size: int) -> httpx.Response:
+        response = await self.http.patch(
+            self.url,
+            content=self.data[self.offset : self.offset + size],
+            headers={
+                "Tus-Resumable": "1.0.0",
+                "Upload-Offset": str(self.offset),
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
+        if response.status_code != 204:
+            raise RuntimeError(f"chunk: {response.status_code} {response.text}")
+        self.offset = int(response.headers["Upload-Offset"])
+        return response
+
+    async def finish(self) -> int:
+        """Send the last chunk; the id of the file it makes."""
+        response = await self.send(len(self.data) - self.offset)
+        return int(response.headers["DwellFi-File-Id"])
 
 
 async def processed(events: Events, file_id: int, timeout: float = 900) -> float:

@@ -177,9 +177,11 @@ async def fairness(ctx: Context, uploads: int = 5) -> list[Row]:
 
     idle = await latencies()
     content = ctx.file("memory_large").read_bytes()
-    # Both uploaded at once: one uploaded after the other would find the first done.
-    large = await asyncio.gather(*(ctx.api.upload(data=content) for _ in range(2)))
-    del content
+    # Both made at once, by their last chunks: one uploaded after the other (or
+    # both in one request each, which take seconds) would find the first done.
+    held = [await ctx.api.resumable(content) for _ in range(2)]
+    large = await asyncio.gather(*(upload.finish() for upload in held))
+    del content, held
     await ctx.events.wait((large[0], "file.processing"), 600)
     busy = await latencies()
     still = [f for f in large if (f, "file.processed") not in ctx.events.arrived]

@@ -297,7 +297,9 @@ class Upload(models.Model):
     """A resumable (tus) upload: bytes arriving chunk by chunk, then a File.
 
     The chunks are appended to `content` in storage as they arrive; the last one
-    turns them into a File through the same service as a single-request upload.
+    turns them into a File through the same service as a single-request upload,
+    or, when the upload `replaces` a file, into that file's new content (as a PUT
+    does).
     An upload not finished by `expires` is deleted with its bytes (beat); a
     finished one keeps only its row until then (its bytes are the file's).
     """
@@ -335,7 +337,19 @@ class Upload(models.Model):
         null=True,
         blank=True,
         related_name="+",
-        help_text="The file the last chunk created.",
+        help_text="The file the last chunk created, or replaced.",
+    )
+    # No constraint and nothing done on the file's delete: deleting a file locks
+    # no upload (an upload's last chunk locks the upload, then the file), and an
+    # upload whose file is gone is not found and goes with the expired ones.
+    replaces = models.ForeignKey(
+        File,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The file whose content this upload replaces (Upload-Metadata).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     expires = models.DateTimeField(

@@ -13,7 +13,10 @@ rows and the stored bytes:
   truncated to the stored offset first.
 * The last chunk creates the File through `services.file_create`, in the same
   transaction as the offset: the checks, the quotas, the hash and the queueing
-  are a plain upload's, and a file is created exactly once. The hash reads the
+  are a plain upload's, and a file is created exactly once. An upload that
+  `replaces` one of its owner's files gives that file its new content through
+  `services.file_update` instead, as a PUT does; once that file is deleted, the
+  upload is not found (404) and goes with the expired ones. The hash reads the
   stored bytes back (about 2 s a GB here: hashlib's state cannot be kept between
   requests, which may reach different processes). A refused file (not JSON, over
   a quota) ends its upload: the row and the bytes go.
@@ -50,12 +53,12 @@ from django.core.files.base import ContentFile
 from django.core.files.base import File as StoredBytes
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Exists, OuterRef, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import services
-from .exceptions import QuotaExceeded, UploadRefused
+from .exceptions import FileGone, QuotaExceeded, UploadRefused
 from .models import File, Upload, upload_path
 from .quotas import quota_check
 from .uploads import in_s3
@@ -119,22 +122,32 @@ def _expiry():
 
 
 def upload_create(
-    *, owner: AbstractBaseUser, length: int, filename: str, filetype: str = ""
+    *,
+    owner: AbstractBaseUser,
+    length: int,
+    filename: str,
+    filetype: str = "",
+    replaces: File | None = None,
 ) -> Upload:
     """Start an upload of `length` bytes; its bytes are stored as they come.
 
-    Raises QuotaExceeded when the owner has no room for the file, counting the
-    bytes its unfinished uploads will add.
+    With `replaces` (one of the owner's files) the bytes become that file's new
+    content. Raises QuotaExceeded when the owner has no room for the file,
+    counting the bytes its unfinished uploads will add.
     """
     pending = Upload.objects.filter(owner=owner, file__isnull=True).aggregate(
         bytes=Coalesce(Sum("length"), 0)
     )["bytes"]
-    quota_check(owner_id=owner.pk, files=1, size=length + pending, processing=1)
+    if replaces is None:
+        quota_check(owner_id=owner.pk, files=1, size=length + pending, processing=1)
+    else:
+        services.quota_for_new_run(replaces, size=length + pending)
     upload = Upload(
         owner=owner,
         filename=filename[:255],  # cleaned for display by the file service
         filetype=filetype[:100],
         length=length,
+        replaces=replaces,
         expires=_expiry(),
     )
     store = _store()
@@ -148,12 +161,15 @@ def upload_create(
 
 
 def upload_get(*, owner: AbstractBaseUser, upload_id, lock: bool = False) -> Upload:
-    """The owner's upload; Upload.DoesNotExist for anyone else's, UploadGone once
-    it expired."""
+    """The owner's upload; Upload.DoesNotExist for anyone else's and for one whose
+    file to replace is gone, UploadGone once it expired."""
     rows = Upload.objects.filter(pk=upload_id, owner=owner)
     upload = (rows.select_for_update() if lock else rows).get()
     if upload.expires <= timezone.now():
         raise UploadGone
+    replacing = upload.replaces_id is not None and upload.file_id is None
+    if replacing and not File.objects.filter(pk=upload.replaces_id).exists():
+        raise Upload.DoesNotExist
     return upload
 
 
@@ -184,6 +200,9 @@ def upload_append(
     except (UploadRefused, QuotaExceeded):
         upload_terminate(owner=owner, upload_id=upload_id)
         raise
+    except FileGone:  # the file it replaces was deleted during the last chunk
+        upload_terminate(owner=owner, upload_id=upload_id)
+        raise Upload.DoesNotExist from None
     return upload
 
 
@@ -320,17 +339,27 @@ class S3Store:
 
 
 def _file_from(upload: Upload) -> File:
-    """The file of a complete upload, created by the plain upload's service."""
+    """The file of a complete upload, created by the plain upload's service, or
+    the file it replaces, given its new content by the replacing one."""
     with _storage().open(upload.content, "rb") as stored:
+        content = UploadedFile(
+            stored,
+            # Upload-Metadata is optional: a file needs a name all the same.
+            name=upload.filename or "upload.json",
+            content_type=upload.filetype,
+            size=upload.length,
+        )
+        if upload.replaces_id is not None:
+            return services.file_update(
+                file=File(pk=upload.replaces_id, owner_id=upload.owner_id),
+                by=upload.owner,
+                upload=content,
+                name=upload.filename or None,
+                stored=upload.content,
+            )
         return services.file_create(
             owner=upload.owner,
-            upload=UploadedFile(
-                stored,
-                # Upload-Metadata is optional: a file needs a name all the same.
-                name=upload.filename or "upload.json",
-                content_type=upload.filetype,
-                size=upload.length,
-            ),
+            upload=content,
             name=upload.filename,
             declared_type=upload.filetype,
             stored=upload.content,
@@ -360,18 +389,18 @@ def _delete(upload: Upload) -> None:
 
 
 def uploads_expire() -> int:
-    """Delete the uploads past their expiry (bytes too, if unfinished); how many."""
+    """Delete the uploads past their expiry, and the unfinished ones whose file to
+    replace is gone (bytes too, if unfinished); how many."""
     removed = 0
     now = timezone.now()
-    for upload_id in Upload.objects.filter(expires__lte=now).values_list(
-        "pk", flat=True
-    ):
+    replaced_gone = ~Exists(File.objects.filter(pk=OuterRef("replaces_id")))
+    over = Q(expires__lte=now) | Q(
+        replaced_gone, replaces__isnull=False, file__isnull=True
+    )
+    for upload_id in Upload.objects.filter(over).values_list("pk", flat=True):
         with transaction.atomic():
-            upload = (
-                Upload.objects.select_for_update()
-                .filter(pk=upload_id, expires__lte=now)
-                .first()
-            )
+            rows = Upload.objects.select_for_update().filter(over, pk=upload_id)
+            upload = rows.first()
             if upload is not None:
                 _delete(upload)
                 removed += 1

@@ -138,12 +138,14 @@ def file_update(
     upload: UploadedFile | None = None,
     name: str | None = None,
     declared_type: str | None = None,
+    stored: str | None = None,
 ) -> File:
     """Change a file's details; new content replaces the old and is processed.
 
-    Raises FileGone when the file was deleted meanwhile, UploadRefused when the new
-    content cannot be JSON, QuotaExceeded when it does not fit the owner's limits
-    (the new bytes are not kept).
+    `stored` names the new content's bytes already in storage, as for
+    `file_create`. Raises FileGone when the file was deleted meanwhile,
+    UploadRefused when the new content cannot be JSON, QuotaExceeded when it does
+    not fit the owner's limits (the new bytes are not kept).
     """
     details: dict[str, Any] = {"updated_by": by}
     if name is not None:
@@ -157,17 +159,17 @@ def file_update(
         return current
     upload_check(upload)
     # Before storing anything, on the row as it is now (not the caller's copy).
-    _quota_for_new_run(file_row(file, lock=False), size=upload.size)
-    stored = upload_store(upload)
+    quota_for_new_run(file_row(file, lock=False), size=upload.size)
+    content = upload_store(upload, stored)
     try:
         with transaction.atomic():
             current = file_row(file)
             events_lock(current.owner_id)
-            _quota_for_new_run(current, size=stored["size"])
+            quota_for_new_run(current, size=content["size"])
             purge_on_commit(content=current.content.name)
-            _requeue(current, kind=None, **stored, **details)
+            _requeue(current, kind=None, **content, **details)
     except BaseException:
-        upload_unstore(stored["content"])
+        upload_unstore(content["content"])
         raise
     _log_upload("file replaced", current)
     return current
@@ -184,12 +186,12 @@ def file_reprocess(*, file: File, by: AbstractBaseUser | None = None) -> File:
         current = file_row(file)
         if current.status != File.Status.QUEUED:
             events_lock(current.owner_id)
-            _quota_for_new_run(current)
+            quota_for_new_run(current)
             _requeue(current, **({"updated_by": by} if by is not None else {}))
     return current
 
 
-def _quota_for_new_run(file: File, *, size: int | None = None) -> None:
+def quota_for_new_run(file: File, *, size: int | None = None) -> None:
     """Check the owner's limits for queueing the file again, with new content of
     `size` bytes when given (its old bytes then go)."""
     quota_check(

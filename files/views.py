@@ -51,15 +51,23 @@ def home(request: HttpRequest) -> HttpResponse:
             "statuses": File.Status.values,
             "kinds": File.Kind.values,
             "last_event_id": last_event_id(user=request.user),
-            "max_upload_bytes": settings.DWELLFI_MAX_UPLOAD_BYTES,
-            # Larger files go resumably (tus), a chunk at a time: docs/uploads.md.
-            "resumable_from": min(
-                settings.DWELLFI_UPLOAD_CHUNK_BYTES, settings.DWELLFI_MAX_UPLOAD_BYTES
-            ),
-            "chunk_bytes": settings.DWELLFI_UPLOAD_CHUNK_BYTES,
-            "max_resumable_bytes": settings.DWELLFI_MAX_RESUMABLE_BYTES,
+            **_upload_limits(),
         },
     )
+
+
+def _upload_limits() -> dict[str, int]:
+    """What the pages that send files (the dashboard, a file's Replace) need to
+    know: files larger than a chunk go resumably (tus), a chunk at a time
+    (docs/uploads.md)."""
+    return {
+        "max_upload_bytes": settings.DWELLFI_MAX_UPLOAD_BYTES,
+        "resumable_from": min(
+            settings.DWELLFI_UPLOAD_CHUNK_BYTES, settings.DWELLFI_MAX_UPLOAD_BYTES
+        ),
+        "chunk_bytes": settings.DWELLFI_UPLOAD_CHUNK_BYTES,
+        "max_resumable_bytes": settings.DWELLFI_MAX_RESUMABLE_BYTES,
+    }
 
 
 @login_required
@@ -88,6 +96,7 @@ def file_page(request: HttpRequest, pk: int) -> HttpResponse:
             "errors": errors,
             "charted_metrics": _charted_metrics(file),
             "last_event_id": last_event_id(user=request.user),
+            **_upload_limits(),
         },
     )
 

@@ -9,6 +9,10 @@ errors are 4xx with a JSON `detail`: 412 for another protocol version, 415 for a
 chunk not sent as application/offset+octet-stream, 409 for a chunk at another
 offset than the stored one (`Upload-Offset` says which), 413 for a chunk or an
 upload over its limit, 460 for a checksum mismatch, 410 once expired.
+
+Upload-Metadata `replaces` (a file's id) makes the upload that file's new content,
+processed again, as `PUT /api/files/{id}/` does; the file must be the caller's
+(404 otherwise), and once it is deleted so is, for its client, the upload.
 """
 
 import base64
@@ -24,8 +28,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import resumable
-from ..models import Upload
+from .. import resumable, selectors
+from ..models import File, Upload
 from .throttles import UploadThrottle
 
 TUS_VERSION = "1.0.0"
@@ -130,6 +134,13 @@ class TusView(APIView):
         )
 
 
+def _replaced_file(request: Request, value: str) -> File | None:
+    """The caller's file that Upload-Metadata `replaces` names (its id), or None."""
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        return None
+    return selectors.file_get(user=request.user, file_id=int(value))
+
+
 def _expires(upload: Upload) -> dict[str, str]:
     return {"Upload-Expires": http_date(upload.expires.timestamp())}
 
@@ -153,11 +164,17 @@ class UploadListView(TusView):
         limit = settings.DWELLFI_MAX_RESUMABLE_BYTES
         if length > limit:
             return _problem(413, f"Upload larger than the limit of {limit} bytes.")
+        replaces = None
+        if "replaces" in metadata:
+            replaces = _replaced_file(request, metadata["replaces"])
+            if replaces is None:
+                return _problem(404, "The file to replace was not found.")
         upload = resumable.upload_create(
             owner=request.user,
             length=length,
             filename=metadata.get("filename", ""),
             filetype=metadata.get("filetype", ""),
+            replaces=replaces,
         )
         location = request.build_absolute_uri(
             reverse("upload-detail", args=[upload.pk])

@@ -1052,3 +1052,45 @@ def test_a_lost_answer_to_the_last_chunk_still_shows_the_file(
     assert File.objects.filter(owner=account).count() == 1
     expect(page.locator("tr.file-row")).to_have_count(1)
     page.unroute_all(behavior="ignoreErrors")
+
+
+def test_a_large_replacement_goes_resumably_and_survives_a_reload(
+    page, small_chunk_web, account, tmp_path
+):
+    file = processed_file(account, "first.json")
+    records = 8_000
+    path = tmp_path / "second.json"
+    path.write_bytes(metrics_bytes(records))  # about 1.2 MB: five chunks
+    chunks = HeldChunks(page, hold={2})
+    sign_in(page, small_chunk_web.base_url, account)
+    page.goto(f"{small_chunk_web.base_url}/f/{file.pk}/")
+    status = page.locator("#summary [data-role=status]")
+    expect(status).to_have_text("processed")
+
+    page.set_input_files("#replace-input", str(path))
+    chunks.wait_until_held(2)  # one chunk stored, the second hangs: reload
+    page.reload()
+    expect(status).to_have_text("processed")  # still the first content
+    page.set_input_files("#replace-input", str(path))
+
+    expect(page.locator(".toast", has_text="Replaced")).to_be_visible()
+    expect(page.locator("h1[data-role=name]")).to_have_text("second.json")
+    expect(status).to_have_text("processed")
+    expect(page.locator("#summary [data-role=records]")).to_have_text(str(records))
+    # After the reload the upload went on from the server's offset.
+    assert chunks.offsets[:3] == [0, RESUMABLE_CHUNK, RESUMABLE_CHUNK]
+    assert chunks.offsets == sorted(chunks.offsets)
+    replaced = File.objects.get(owner=account)  # the same file, new content
+    assert (replaced.pk, replaced.name, replaced.record_count) == (
+        file.pk,
+        "second.json",
+        records,
+    )
+    assert replaced.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (
+        page.evaluate(
+            "Object.keys(localStorage).filter((key) => key.startsWith('tus::'))"
+        )
+        == []
+    )
+    page.unroute_all(behavior="ignoreErrors")

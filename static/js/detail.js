@@ -108,23 +108,34 @@
       D.toast({ title: 'Not replaced', description: 'The file is empty.', kind: 'error' });
       return;
     }
+    // A file larger than a chunk goes resumably (tus), as on the dashboard.
+    var limits = input.dataset;
+    var resumable = window.tus && window.tus.isSupported && Number(limits.resumableFrom) > 0 &&
+                    chosen.size > Number(limits.resumableFrom);
+    var limit = resumable ? Number(limits.maxResumableBytes) : Number(limits.maxBytes);
+    if (limit > 0 && chosen.size > limit) {
+      D.toast({ title: 'Not replaced', kind: 'error', description: chosen.name + ' is over the ' +
+                (resumable ? limits.maxResumableLabel : limits.maxLabel) + ' limit.' });
+      return;
+    }
     var label = document.getElementById('replace');
     var message = role('status-message');
     input.disabled = true;
     label.setAttribute('aria-disabled', 'true');
     message.textContent = 'Uploading ' + chosen.name + '…';
 
-    D.upload(chosen, {
-      method: 'PUT',
-      url: apiUrl,
-      onProgress: function (fraction) {
-        message.textContent = 'Uploading ' + chosen.name + '… ' + D.percent(fraction) + '%';
-      }
-    }).then(function (result) {
+    var onProgress = function (fraction) {
+      message.textContent = 'Uploading ' + chosen.name + '… ' + D.percent(fraction) + '%';
+    };
+    var sent = resumable
+      ? D.uploadResumable(chosen, { chunkSize: Number(limits.chunkBytes), userId: limits.userId,
+                                    replaces: fileId(), onProgress: onProgress }).done
+      : D.upload(chosen, { method: 'PUT', url: apiUrl, onProgress: onProgress });
+    sent.then(function (result) {
       input.disabled = false;
       label.removeAttribute('aria-disabled');
       var data = result.data;
-      if (result.status !== 200 || !data || data.id !== fileId()) {
+      if (!result.ok || !data || data.id !== fileId()) {
         message.textContent = '';
         D.toast({ title: 'Could not replace', description: D.errorMessage(result.status, result.text), kind: 'error' });
         return;

@@ -12,9 +12,12 @@
  * `options.chunkSize` bytes a request, going on from the server's offset after a
  * failed chunk; `pause()`, `resume()` and `discard()` control it and `done` is a
  * promise of the same answer as `upload`'s, `data` being the created file's
- * resource. The upload's URL is kept in localStorage (tus-js-client's URL
- * storage) under a fingerprint of the file and the user until it is complete, so
- * choosing the same file again, after a reload too, goes on where it stopped;
+ * resource. With `options.replaces` (a file's id) the upload becomes that file's
+ * new content, as a PUT does, and `data` is the replaced file's resource. The
+ * upload's URL is kept in localStorage (tus-js-client's URL storage) under a
+ * fingerprint of the file, the user (and the file it replaces) until it is
+ * complete, so choosing the same file again, after a reload too, goes on where it
+ * stopped;
  * `DwellFi.unfinishedUploads(userId)` lists what is kept, as far as the server
  * still has it.
  */
@@ -64,10 +67,13 @@
     return 'tus::dwellfi:' + userId + ':';
   }
 
-  /** tus-js-client's fingerprint, scoped to the signed-in user. */
-  function fingerprint(userId) {
+  /** tus-js-client's fingerprint, scoped to the signed-in user; a replacement's
+   * is scoped to its file too, and is not listed among the unfinished uploads. */
+  function fingerprint(userId, replaces) {
+    var scope = replaces ? 'dwellfi-replace:' + userId + ':' + replaces + ':'
+                         : 'dwellfi:' + userId + ':';
     return function (file) {
-      return Promise.resolve(['dwellfi:' + userId + ':' + file.name, file.type, file.size,
+      return Promise.resolve([scope + file.name, file.type, file.size,
                               file.lastModified].join('-'));
     };
   }
@@ -86,13 +92,15 @@
     var fileId = null;
     var settle;
     var done = new Promise(function (resolve) { settle = resolve; });
+    var metadata = { filename: file.name, filetype: file.type || 'application/json' };
+    if (options.replaces) metadata.replaces = String(options.replaces);
     var upload = new window.tus.Upload(file, {
       endpoint: ENDPOINT,
       chunkSize: options.chunkSize,
       retryDelays: RETRY_DELAYS,
-      metadata: { filename: file.name, filetype: file.type || 'application/json' },
+      metadata: metadata,
       headers: { 'X-CSRFToken': D.csrfToken() },
-      fingerprint: fingerprint(options.userId),
+      fingerprint: fingerprint(options.userId, options.replaces),
       removeFingerprintOnSuccess: true,
       onProgress: function (sent, total) {
         if (options.onProgress && total) options.onProgress(sent / total);

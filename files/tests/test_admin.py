@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from files import services
-from files.models import AnomalyRule, File
+from files.models import AnomalyRule, File, Upload
 
 from .factories import server_4_bytes, upload
 
@@ -156,3 +157,18 @@ def test_the_rule_list_refuses_min_above_max_on_its_row(staff_client, rules):
     ]
     rule.refresh_from_db()
     assert (rule.min_value, rule.max_value) == (0, 85)
+
+
+def test_an_upload_whose_file_to_replace_is_gone_still_shows(staff_client, user):
+    """`replaces` has no constraint: the file it names may be gone."""
+    gone = Upload.objects.create(
+        owner=user,
+        filename="new.json",
+        length=10,
+        content="uploads/x",
+        replaces_id=987654,
+        expires=timezone.now(),
+    )
+    assert staff_client.get("/admin/files/upload/").status_code == 200
+    page = staff_client.get(f"/admin/files/upload/{gone.pk}/change/")
+    assert page.status_code == 200

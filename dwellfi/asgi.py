@@ -23,8 +23,11 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from dwellfi import webserver  # noqa: E402
 from dwellfi.backpressure import with_backpressure  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
+
+webserver.install()  # daphne leaves request bodies to Django alone
 
 application = ProtocolTypeRouter(
     {

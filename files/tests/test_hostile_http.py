@@ -315,6 +315,20 @@ def test_a_raw_nul_in_a_header_is_refused_by_daphne(web, auth):
     assert answer.status == 400
 
 
+@pytest.mark.parametrize(
+    "content_type", ["multipart/form-data", "multipart/form-data; boundary="]
+)
+def test_a_multipart_body_without_a_usable_boundary_is_a_json_400(
+    web, auth, content_type
+):
+    """Django answers it, not Twisted with an empty 400 (dwellfi/webserver.py)."""
+    answer = web.send(
+        "POST", "/api/files/", FILE, **auth, **{"Content-Type": content_type}
+    )
+    assert answer.status == 400
+    assert "Multipart form parse error" in json.loads(answer.body)["detail"]
+
+
 # --- unknown paths under the API -----------------------------------------------------
 
 

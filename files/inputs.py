@@ -4,9 +4,9 @@
 
 * **gzip**, told by its magic bytes (1f 8b), whatever the name: decompressed
   while it streams (python-isal's `igzip.GzipFile`, which inflates about 3×
-  faster than zlib, fed one 64 KiB read at a time), never beyond
-  `max_decompressed` bytes. A bomb, a corrupt or a truncated stream fails the
-  file with `DecompressionFailed`. Positions of errors are in the decompressed
+  faster than zlib, fed 8 KiB of the stored bytes and read 64 KiB at a time),
+  never beyond `max_decompressed` bytes. A bomb, a corrupt or a truncated stream
+  fails the file with `DecompressionFailed`. Positions of errors are in the decompressed
   text; progress is the share of the compressed bytes read.
 * **JSON Lines** (`ndjson.process`) when the name says so (`.jsonl`, `.ndjson`,
   either with `.gz`), or when a document fails with data after its first value

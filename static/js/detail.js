@@ -109,13 +109,11 @@
       return;
     }
     // A file larger than a chunk goes resumably (tus), as on the dashboard.
-    var limits = input.dataset;
-    var resumable = window.tus && window.tus.isSupported && Number(limits.resumableFrom) > 0 &&
-                    chosen.size > Number(limits.resumableFrom);
-    var limit = resumable ? Number(limits.maxResumableBytes) : Number(limits.maxBytes);
-    if (limit > 0 && chosen.size > limit) {
-      D.toast({ title: 'Not replaced', kind: 'error', description: chosen.name + ' is over the ' +
-                (resumable ? limits.maxResumableLabel : limits.maxLabel) + ' limit.' });
+    var limits = D.uploadLimits(input);
+    var limit = limits.limit(chosen);
+    if (chosen.size > limit.bytes) {
+      D.toast({ title: 'Not replaced', kind: 'error',
+                description: chosen.name + ' is over the ' + limit.label + ' limit.' });
       return;
     }
     var label = document.getElementById('replace');
@@ -127,8 +125,8 @@
     var onProgress = function (fraction) {
       message.textContent = 'Uploading ' + chosen.name + '… ' + D.percent(fraction) + '%';
     };
-    var sent = resumable
-      ? D.uploadResumable(chosen, { chunkSize: Number(limits.chunkBytes), userId: limits.userId,
+    var sent = limits.resumable(chosen)
+      ? D.uploadResumable(chosen, { chunkSize: limits.chunkBytes, userId: limits.userId,
                                     replaces: fileId(), onProgress: onProgress }).done
       : D.upload(chosen, { method: 'PUT', url: apiUrl, onProgress: onProgress });
     sent.then(function (result) {

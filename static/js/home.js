@@ -12,10 +12,7 @@
   var DONE_ITEM_LINGER = 6000;
 
   var form, input, uploadsEl, body, emptyEl, wrapEl, countEl;
-  var maxBytes = Infinity;
-  var maxLabel = '';
-  var resumableFrom = Infinity;
-  var resumable = { chunkBytes: 0, maxBytes: Infinity, maxLabel: '', userId: '' };
+  var limits = null;  // DwellFi.uploadLimits of the upload form
   var page = 1;
   var filters = { status: '', kind: '', query: '' };
   var queue = [];
@@ -230,7 +227,7 @@
     bar.value = 0;
     setItem(item, 'uploading', 'Uploading…');
 
-    if (job.file.size > resumableFrom) {
+    if (limits.resumable(job.file)) {
       sendResumable(job, bar);
       return;
     }
@@ -258,8 +255,8 @@
     var name = job.file.name;
     var paused = false;
     var control = D.uploadResumable(job.file, {
-      chunkSize: resumable.chunkBytes,
-      userId: resumable.userId,
+      chunkSize: limits.chunkBytes,
+      userId: limits.userId,
       onProgress: function (fraction) { if (!paused) showSent(item, bar, fraction); },
       onResume: function () { setItem(item, 'uploading', 'Going on from where it stopped…'); }
     });
@@ -316,8 +313,9 @@
       return;
     }
     var text = D.errorMessage(result.status, result.text);
-    var limit = job.file.size > resumableFrom ? resumable.maxLabel : maxLabel;
-    if (result.status === 413 && !/limit|large/i.test(text)) text += ' The limit is ' + limit + '.';
+    if (result.status === 413 && !/limit|large/i.test(text)) {
+      text += ' The limit is ' + limits.limit(job.file).label + '.';
+    }
     if (result.status === 429 && result.retryAfter && /^\d+$/.test(result.retryAfter)) {
       text += ' (retry in ' + result.retryAfter + ' s)';
     }
@@ -327,7 +325,7 @@
   // --- resumable uploads left unfinished (a reload, a closed tab) -------------------
 
   function listUnfinished() {
-    D.unfinishedUploads(resumable.userId).then(function (uploads) {
+    D.unfinishedUploads(limits.userId).then(function (uploads) {
       uploads.forEach(function (upload) {
         var item = createItem({ name: upload.name, size: upload.size });
         item.dataset.unfinished = upload.name + '\n' + upload.size;
@@ -355,10 +353,10 @@
     Array.prototype.slice.call(list || []).forEach(function (file) {
       replaceUnfinished(file);
       var job = { file: file, item: createItem(file) };
-      var big = file.size > resumableFrom;
-      if (file.size > (big ? resumable.maxBytes : maxBytes)) {
+      var limit = limits.limit(file);
+      if (file.size > limit.bytes) {
         failItem(job, 'Too large: ' + D.formatSize(file.size) + ' is over the ' +
-          (big ? resumable.maxLabel : maxLabel) + ' limit. It was not uploaded.', false);
+          limit.label + ' limit. It was not uploaded.', false);
         return;
       }
       if (file.size === 0) {
@@ -413,18 +411,7 @@
     countEl = document.getElementById('files-count');
     if (!form || !body) return;
 
-    var limit = Number(form.dataset.maxBytes);
-    if (limit > 0) maxBytes = limit;
-    maxLabel = form.dataset.maxLabel || D.formatSize(maxBytes);
-    if (window.tus && window.tus.isSupported && Number(form.dataset.resumableFrom) > 0) {
-      resumableFrom = Number(form.dataset.resumableFrom);
-      resumable = {
-        chunkBytes: Number(form.dataset.chunkBytes),
-        maxBytes: Number(form.dataset.maxResumableBytes),
-        maxLabel: form.dataset.maxResumableLabel,
-        userId: form.dataset.userId
-      };
-    }
+    limits = D.uploadLimits(form);
     var table = document.getElementById('files-table');
     page = Number(table.dataset.page) || 1;
     filters = {
@@ -442,7 +429,7 @@
     form.addEventListener('submit', function (event) { event.preventDefault(); });
     setupDragAndDrop();
     D.onFileEvent(onMessage);
-    if (resumableFrom !== Infinity) listUnfinished();
+    if (limits.canResume) listUnfinished();
   }
 
   start();

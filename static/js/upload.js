@@ -19,7 +19,8 @@
  * complete, so choosing the same file again, after a reload too, goes on where it
  * stopped;
  * `DwellFi.unfinishedUploads(userId)` lists what is kept, as far as the server
- * still has it.
+ * still has it. `DwellFi.uploadLimits(element)` reads the limits a page renders
+ * (templates/files/_upload_limits.html): which way a file goes, and its limit.
  */
 (function () {
   'use strict';
@@ -57,6 +58,30 @@
       body.append('file', file, file.name);
       xhr.send(body);
     });
+  };
+
+  /**
+   * The upload limits an element's data attributes carry
+   * (templates/files/_upload_limits.html): `resumable(file)` says whether a file
+   * goes resumably (larger than a chunk, where tus-js-client works), `limit(file)`
+   * the largest size it may have then, as `{bytes, label}`.
+   */
+  D.uploadLimits = function (element) {
+    var data = element.dataset;
+    var from = window.tus && window.tus.isSupported && Number(data.resumableFrom) > 0
+      ? Number(data.resumableFrom) : Infinity;
+    var single = Number(data.maxBytes) > 0 ? Number(data.maxBytes) : Infinity;
+    return {
+      chunkBytes: Number(data.chunkBytes),
+      userId: data.userId,
+      canResume: from !== Infinity,
+      resumable: function (file) { return file.size > from; },
+      limit: function (file) {
+        return file.size > from
+          ? { bytes: Number(data.maxResumableBytes), label: data.maxResumableLabel }
+          : { bytes: single, label: data.maxLabel || D.formatSize(single) };
+      }
+    };
   };
 
   var ENDPOINT = '/api/uploads/';
